@@ -1,0 +1,48 @@
+"""The convcli command: a thin typer app. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from convcli import __version__
+from convcli.cli import check as check_cmd
+from convcli.cli import convert as convert_cmd
+from convcli.cli import doctor as doctor_cmd
+from convcli.cli.common import STATE
+from convcli.core.offline import apply_offline_env
+
+apply_offline_env()
+
+app = typer.Typer(
+    name="convcli",
+    help="Convert PyTorch/ONNX models to checked deployment artifacts, with parity, accuracy and latency "
+    "side by side.\n\nExample: convcli convert model.py:build --to onnx -i x:batch=2x3x32x32:float32 -o out",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"convcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Global options."""
+    STATE["debug"] = debug
+
+
+app.command("convert")(convert_cmd.convert)
+app.command("plan")(convert_cmd.plan_command)
+app.command("check")(check_cmd.check)
+app.command("doctor")(doctor_cmd.doctor)
+
+
+def main() -> None:
+    app()

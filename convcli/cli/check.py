@@ -1,0 +1,48 @@
+"""convcli check: parity and latency of artifacts that already exist, against their source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from convcli.cli.common import err, handle_errors, out
+from convcli.cli.convert import INPUT_HELP, MODEL_HELP
+from convcli.cli.progress import RichProgress
+
+
+def check(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    artifacts: list[Path] = typer.Argument(..., help="Artifact files (model.onnx, ...)."),
+    inputs: list[str] = typer.Option(None, "--input", "-i", help=INPUT_HELP),
+    weights: Path = typer.Option(None, "--weights", "-w", help="state_dict or .safetensors for a factory."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="Precision the artifacts are judged at."),
+    data: Path = typer.Option(None, "--data", help="Parity inputs (.npy/.npz or image folder)."),
+    validation: Path = typer.Option(None, "--validation", help="Labelled images for accuracy."),
+    samples: int = typer.Option(None, "--samples", help="Parity samples (default 16)."),
+    threads: int = typer.Option(None, "--threads", help="Threads for every runtime."),
+    no_latency: bool = typer.Option(False, "--no-latency", help="Skip latency measurement."),
+    output: Path = typer.Option(Path("convcli-check"), "--output", "-o", help="Where report.json goes."),
+) -> None:
+    """Run parity, accuracy and latency of existing artifacts against the source model.
+
+    Example:\n
+      convcli check recipes/models/digits_cnn.py:build out/digits/onnx-fp32/model.onnx \\\n
+        --weights recipes/models/digits_cnn.pt
+    """
+    handle_errors(_check)(**locals())
+
+
+def _check(model: str, artifacts: list[Path], inputs: list[str] | None, weights: Path | None, precision: str,
+           data: Path | None, validation: Path | None, samples: int | None, threads: int | None, no_latency: bool,
+           output: Path) -> None:
+    from convcli.cli.common import STATE, build_job, echo_command
+    from convcli.job import check_artifacts
+    from convcli.reports.terminal import render_terminal
+
+    spec = build_job(model, "onnx", inputs, weights, precision, None, output, parity=data,
+                     validation=validation, samples=samples, threads=threads, enabled=not no_latency)
+    report = check_artifacts(spec, artifacts, progress=RichProgress(err), command=echo_command(),
+                             debug=bool(STATE["debug"]))
+    render_terminal(report, out)
+    raise typer.Exit(report.exit_code)

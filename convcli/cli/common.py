@@ -1,0 +1,112 @@
+"""What every command shares: the consoles, error handling (one line + exit code, traceback only with
+--debug) and the options that build a JobSpec."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+
+from convcli.core.errors import ConvcliError, InputError
+from convcli.recipes.schema import DataSpec, JobSpec, LatencySpec, SourceSpec, TargetSpec
+
+def _console(stderr: bool = False) -> Console:
+    """A console that is wide enough for the report table even when output goes to a CI log or a pipe."""
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, width=None if probe.is_terminal else 160)
+
+
+out = _console()
+err = _console(stderr=True)
+STATE = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn ConvcliError into one red line and its exit code; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConvcliError as exc:
+            if STATE["debug"]:
+                err.print(traceback.format_exc(), markup=False, highlight=False)
+            err.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_key_values(items: list[str], flag: str) -> dict[str, dict[str, Any]]:
+    """``PREFIX.KEY=VALUE`` -> {PREFIX: {KEY: VALUE}}; values are parsed as YAML scalars (1, true, [1,2])."""
+    result: dict[str, dict[str, Any]] = {}
+    for item in items:
+        head, eq, value = item.partition("=")
+        prefix, dot, key = head.partition(".")
+        if not eq or not dot or not prefix or not key:
+            raise InputError(f"{flag} '{item}': expected TARGET_OR_STEP.KEY=VALUE", hint=f"e.g. {flag} "
+                             "OnnxFromPytorch.opset=18")
+        result.setdefault(prefix, {})[key] = yaml.safe_load(value) if value else ""
+    return result
+
+
+def parse_targets(to: str, precision: str) -> list[TargetSpec]:
+    """``--to onnx,openvino:fp16+int8,tflite@OnnxFromPytorch`` with ``--precision`` as the default list."""
+    default_prec = [p.strip() for p in precision.split(",") if p.strip()]
+    targets = []
+    for chunk in [c.strip() for c in to.split(",") if c.strip()]:
+        fmt, _, precs = chunk.partition(":")
+        fmt, _, via = fmt.partition("@")
+        targets.append(TargetSpec(format=fmt, precisions=precs.split("+") if precs else default_prec,
+                                  via=via or None))
+    if not targets:
+        raise InputError("--to is empty", hint="e.g. --to onnx,openvino")
+    return targets
+
+
+def build_job(model: str, to: str, inputs: list[str] | None, weights: Path | None, precision: str,
+              options: list[str] | None, output: Path, **extra: Any) -> JobSpec:
+    """The CLI's flags as a JobSpec (the same model a recipe file validates against).
+
+    ``-O FORMAT.KEY=VALUE`` sets an option of that target's converter; ``-O STEP.KEY=VALUE`` (e.g.
+    OnnxFromPytorch.opset=18) sets an option of a step wherever the plan uses it.
+    """
+    from convcli.core.registry import default_registry
+
+    registry = default_registry()
+    targets = parse_targets(to, precision)
+    by_format = {registry.format_named(t.format).name: t for t in targets}
+    step_options: dict[str, dict[str, Any]] = {}
+    for prefix, values in parse_key_values(options or [], "-O/--option").items():
+        try:
+            fmt = registry.format_named(prefix).name
+        except InputError:
+            step_options[prefix] = values
+            continue
+        if fmt not in by_format:
+            raise InputError(f"-O {prefix}.*: {fmt} is not among the targets given with --to")
+        by_format[fmt].options.update(values)
+    try:
+        return JobSpec(
+            source=SourceSpec(model=model, weights=weights, inputs=inputs or None),
+            targets=targets, step_options=step_options, output=output,
+            data=DataSpec(**{k: v for k, v in extra.items() if k in DataSpec.model_fields and v is not None}),
+            latency=LatencySpec(**{k: v for k, v in extra.items() if k in LatencySpec.model_fields and v is not None}),
+            **{k: v for k, v in extra.items() if k in ("simplify", "require_all") and v is not None},
+        )
+    except ConvcliError:
+        raise
+    except Exception as exc:  # pydantic ValidationError from flags
+        raise InputError(f"invalid options: {' '.join(str(exc).split())[:300]}") from None
+
+
+def echo_command() -> str:
+    return " ".join(["convcli", *sys.argv[1:]])

@@ -1,0 +1,1 @@
+"""Converters: one module per edge of the format graph."""

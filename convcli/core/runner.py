@@ -1,0 +1,53 @@
+"""The runner interface: load an artifact in a runtime and execute it on numpy inputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from convcli.core.step import Availability, check_packages
+
+if TYPE_CHECKING:
+    from convcli.core.artifact import Artifact
+
+
+class Session:
+    """A loaded model. ``run`` takes a feed keyed by the source's input names and returns outputs in the
+    source's output order, already mapped back to the source's layout.
+
+    ``fixed_batch`` is set by runtimes whose artifact has a static batch size (e.g. 1): ``__call__`` then
+    splits larger feeds and concatenates the results, so parity can use one batch for every artifact.
+    """
+
+    fixed_batch: int | None = None
+    description: str = ""
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        fb = self.fixed_batch
+        if not fb or n <= fb or n % fb:
+            return self.run(feed)
+        chunks = [self.run({k: v[i : i + fb] for k, v in feed.items()}) for i in range(0, n, fb)]
+        return [np.concatenate([c[j] for c in chunks], axis=0) for j in range(len(chunks[0]))]
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+
+
+class Runner:
+    """Executes artifacts of ``formats``. Subclasses implement ``load``."""
+
+    name: ClassVar[str] = ""
+    formats: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return check_packages(cls.requires)
+
+    def load(self, artifact: Artifact, threads: int) -> Session:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,42 @@
+"""The source-loader interface: turn what the user names (a file, a ``file.py:factory``) into an Artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from convcli.core.step import Availability, check_packages
+
+if TYPE_CHECKING:
+    from convcli.core.artifact import Artifact
+    from convcli.core.tensors import TensorSpec
+
+
+@dataclass
+class SourceRequest:
+    """What the user asked to load."""
+
+    spec: str
+    inputs: list[TensorSpec] | None = None
+    weights: Path | None = None
+
+
+class SourceLoader:
+    """Recognises and loads one kind of source. ``matches`` must be cheap and import no backend."""
+
+    name: ClassVar[str] = ""
+    format: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    priority: ClassVar[int] = 0  # higher wins when several match
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return check_packages(cls.requires)
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def load(self, request: SourceRequest) -> Artifact:  # pragma: no cover - interface
+        raise NotImplementedError

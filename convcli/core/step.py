@@ -1,0 +1,112 @@
+"""The step interface: converters (edges between formats) and passes (same-format transforms).
+
+Each step declares its source and target format, the packages it needs, the precisions it can produce and
+an options model (pydantic, extra="forbid", so an unsupported flag is an error naming the step and the flag).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from convcli.core.lazy import is_installed, package_version
+
+if TYPE_CHECKING:
+    from convcli.core.artifact import Artifact
+    from convcli.parity.data import DataSet
+
+
+class NoOptions(BaseModel):
+    """A step without options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a step or runner can run here, and why not."""
+
+    available: bool
+    reason: str = ""
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+
+def check_packages(requires: tuple[str, ...]) -> Availability:
+    versions = {m: package_version(m) for m in requires}
+    missing = [m for m in requires if not is_installed(m)]
+    if missing:
+        return Availability(False, f"python package {', '.join(missing)} not installed", versions)
+    return Availability(True, "", versions)
+
+
+@dataclass
+class StepContext:
+    """What a step may use while it runs: its own empty work folder, thread count, data, limits."""
+
+    workdir: Path
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    calibration: DataSet | None = None
+    timeout_s: float = 900.0
+    debug: bool = False
+    log: list[str] = field(default_factory=list)
+
+
+class Step:
+    """Base of converters and passes. Subclasses set the class attributes and implement ``run``."""
+
+    name: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+    target: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    cost: ClassVar[float] = 1.0
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    default_for_target: ClassVar[bool] = False  # passes: applied whenever a plan passes through the format
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def kind(cls) -> str:
+        return "pass" if cls.source == cls.target else "converter"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return check_packages(cls.requires)
+
+    def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def parse_options(cls, values: dict[str, Any], where: str) -> BaseModel:
+        from pydantic import ValidationError
+
+        from convcli.core.errors import InputError
+
+        try:
+            return cls.Options.model_validate(values)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                msg = "not supported by this target" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append(f"'{loc}': {msg}")
+            allowed = ", ".join(cls.Options.model_fields) or "none"
+            raise InputError(
+                f"{where} ({cls.name}): option {'; '.join(problems)}", hint=f"options it accepts: {allowed}"
+            ) from None
+
+
+class Converter(Step):
+    """An edge of the graph: source format -> a different target format."""
+
+
+class Pass(Step):
+    """A transform within one format (simplify, fp16, int8, prune)."""
+
+    output_precision: ClassVar[str | None] = None

@@ -1,0 +1,1 @@
+"""Input data, output comparison, accuracy and latency: everything that proves an artifact."""

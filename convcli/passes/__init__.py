@@ -1,0 +1,1 @@
+"""Passes: one module per same-format transform."""

@@ -1,0 +1,1 @@
+"""The job/recipe schema shared by the CLI and YAML recipes, so the two cannot drift."""

@@ -1,0 +1,93 @@
+"""One model for one conversion job. The CLI builds it from flags; a recipe file is its YAML form.
+
+Every field has a description and unknown keys are errors (extra="forbid"), so a typo names its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from convcli.core.tensors import TensorSpec, parse_input_spec
+from convcli.parity.compare import Tolerance
+from convcli.parity.data import ImagePreprocess
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(Strict):
+    model: str = Field(description="file.py:factory, package.module:factory, or a model file (.onnx, .pt, .pt2).")
+    weights: Path | None = Field(default=None, description="state_dict (.pt/.pth) or .safetensors for a factory.")
+    inputs: list[str] | None = Field(
+        default=None, description="NAME:SHAPE:DTYPE[:LOW..HIGH] per input, e.g. x:batch=2x3x224x224:float32.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _parse(cls, value: list[str] | None) -> list[str] | None:
+        for text in value or []:
+            parse_input_spec(text)
+        return value
+
+    def input_specs(self) -> list[TensorSpec] | None:
+        return [parse_input_spec(t) for t in self.inputs] if self.inputs else None
+
+
+class TargetSpec(Strict):
+    format: str = Field(description="Target format: onnx, openvino, ncnn, tflite, tensorrt, ...")
+    precisions: list[str] = Field(default_factory=lambda: ["fp32"], description="Any of fp32, fp16, int8.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of this target's converter.")
+    via: str | None = Field(default=None, description="A converter the path must use, e.g. OnnxFromPytorch.")
+
+
+class DataSpec(Strict):
+    parity: Path | None = Field(default=None, description="Inputs for parity: .npy/.npz or an image folder. "
+                                                           "Default: seeded random data in each input's range.")
+    validation: Path | None = Field(default=None, description="Labelled set for accuracy: image folder with "
+                                                               "class sub-folders, or a CSV of file,label.")
+    calibration: Path | None = Field(default=None, description="Calibration data for INT8 (.npy/.npz or images).")
+    samples: int = Field(default=16, ge=1, description="Samples for the parity comparison.")
+    validation_samples: int | None = Field(default=None, ge=1, description="Cap on labelled samples used.")
+    calibration_samples: int = Field(default=64, ge=1, description="Samples used to calibrate INT8 steps.")
+    seed: int = Field(default=0, description="Seed of generated random inputs.")
+    preprocess: ImagePreprocess = Field(default_factory=ImagePreprocess,
+                                        description="How image files become model inputs.")
+
+
+class LatencySpec(Strict):
+    enabled: bool = Field(default=True, description="Measure latency of the source and every artifact.")
+    batches: list[int] | None = Field(default=None, description="Batch sizes to time; the first is the headline. "
+                                                                 "Default: the input's static batch, else 1.")
+    warmup: int = Field(default=5, ge=0, description="Untimed runs first.")
+    runs: int = Field(default=30, ge=1, description="Timed runs (fewer if max_seconds is reached).")
+    max_seconds: float = Field(default=10.0, gt=0, description="Time budget for the timed runs of one artifact.")
+    threads: int | None = Field(default=None, ge=1, description="Threads for every runtime; default all cores.")
+
+
+class GateSpec(Strict):
+    """Pass/fail limits beyond the per-precision parity tolerances. None disables a gate."""
+
+    max_accuracy_drop: dict[str, float] = Field(
+        default_factory=lambda: {"fp32": 0.005, "fp16": 0.01, "int8": 0.01},
+        description="Per precision: largest drop of accuracy (fraction, 0.01 = 1 point) vs the source.")
+    max_p50_ms: float | None = Field(default=None, description="Largest allowed p50 latency of an artifact (ms).")
+    min_speedup: float | None = Field(default=None, description="Smallest allowed speedup vs the source.")
+    max_size_mb: float | None = Field(default=None, description="Largest allowed artifact size (MB).")
+
+
+class JobSpec(Strict):
+    source: SourceSpec
+    targets: list[TargetSpec] = Field(description="What to produce.")
+    step_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options by step name, e.g. {OnnxFromPytorch: {opset: 18}}.")
+    simplify: bool = Field(default=True, description="Run the default simplification passes (SimplifyOnnx).")
+    data: DataSpec = Field(default_factory=DataSpec, description="Parity, validation and calibration data.")
+    latency: LatencySpec = Field(default_factory=LatencySpec, description="Latency measurement settings.")
+    tolerances: dict[str, Tolerance] = Field(
+        default_factory=dict, description="Per precision overrides of the default parity tolerances.")
+    gates: GateSpec = Field(default_factory=GateSpec, description="Accuracy, latency and size gates.")
+    require_all: bool = Field(default=False, description="Fail (exit 3) when a target is unavailable here.")
+    output: Path = Field(default=Path("convcli-out"), description="Output folder.")

@@ -1,0 +1,94 @@
+"""report.json: a versioned, documented schema (docs/report-schema.md). Bump SCHEMA_VERSION on any
+incompatible change; consumers should check ``schema``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from convcli.parity.compare import ParityResult
+from convcli.parity.latency import LatencyStats
+
+SCHEMA_VERSION = "convcli.report/v1"
+Status = Literal["passed", "failed", "error", "unavailable"]
+
+
+class StepRecord(BaseModel):
+    id: str
+    name: str
+    source: str
+    target: str
+    status: Literal["ok", "error", "skipped"]
+    seconds: float = 0.0
+    options: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class SourceReport(BaseModel):
+    spec: str
+    format: str
+    inputs: list[str]
+    outputs: list[str]
+    runner: str | None = None
+    latency_ms: LatencyStats | None = None
+    latency_by_batch: dict[str, LatencyStats] = Field(default_factory=dict)
+    accuracy: float | None = None
+    size_bytes: int | None = None
+    params: int | None = None
+
+
+class ArtifactReport(BaseModel):
+    id: str = Field(description="format-precision, unique in the report")
+    format: str
+    precision: str
+    status: Status
+    path: str | None = None
+    files: list[str] = Field(default_factory=list)
+    chain: str = ""
+    runner: str | None = None
+    input_layout: dict[str, str] = Field(default_factory=dict)
+    parity: ParityResult | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    latency_ms: LatencyStats | None = None
+    latency_by_batch: dict[str, LatencyStats] = Field(default_factory=dict)
+    speedup_vs_source: float | None = None
+    size_bytes: int | None = None
+    error: str | None = None
+    failures: list[str] = Field(default_factory=list, description="every gate that failed, one line each")
+    flags: list[str] = Field(default_factory=list, description="warnings such as 'slower than source'")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(BaseModel):
+    threads: int
+    parity_data: str
+    parity_samples: int
+    accuracy_data: str | None = None
+    accuracy_samples: int | None = None
+    latency_batches: list[int] = Field(default_factory=list)
+    warmup: int = 0
+    runs: int = 0
+    tolerances: dict[str, Any] = Field(default_factory=dict)
+    machine: dict[str, Any] = Field(default_factory=dict)
+
+
+class Report(BaseModel):
+    schema_: str = Field(default=SCHEMA_VERSION, alias="schema")
+    convcli_version: str
+    created: str
+    command: str = ""
+    exit_code: int = 0
+    summary: str = ""
+    fastest_passed: str | None = None
+    source: SourceReport
+    settings: Settings
+    steps: list[StepRecord] = Field(default_factory=list)
+    artifacts: list[ArtifactReport] = Field(default_factory=list)
+
+    model_config = {"populate_by_name": True}
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, by_alias=True)

@@ -1,0 +1,59 @@
+"""The terminal view of a report: one row per artifact (source first), then failures and flags."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from convcli.reports.model import Report
+
+STATUS_STYLE = {"passed": "bold green", "failed": "bold red", "error": "bold red", "unavailable": "yellow"}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def render_terminal(report: Report, console: Console) -> None:
+    src = report.source
+    batch = src.latency_ms.batch if src.latency_ms else None
+    title = f"convcli: {src.spec} ({src.format})"
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col, just in (("artifact", "left"), ("status", "left"), ("max abs err", "right"), ("cosine", "right"),
+                      ("top-1 agr", "right"), ("accuracy", "right"), ("p50 ms" + (f" (b={batch})" if batch else ""), "right"),
+                      ("speedup", "right"), ("size", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    table.add_row("source", "[dim]reference[/]", "-", "-", "-", _acc(src.accuracy),
+                  _ms(src.latency_ms.p50 if src.latency_ms else None), "1.00x", _size(src.size_bytes))
+    for a in report.artifacts:
+        p = a.parity
+        name = a.id + (" [bold cyan]*fastest[/]" if a.id == report.fastest_passed else "")
+        table.add_row(
+            name, f"[{STATUS_STYLE[a.status]}]{a.status}[/]",
+            "-" if not p or p.max_abs_err is None else f"{p.max_abs_err:.2e}",
+            "-" if not p or p.cosine_min is None else f"{p.cosine_min:.6f}",
+            "-" if not p or p.top1_agreement is None else f"{p.top1_agreement * 100:.1f}%",
+            _acc(a.accuracy), _ms(a.latency_ms.p50 if a.latency_ms else None),
+            "-" if a.speedup_vs_source is None else f"{a.speedup_vs_source:.2f}x", _size(a.size_bytes))
+    console.print(table)
+    s = report.settings
+    console.print(f"[dim]parity on {s.parity_data}; accuracy on {s.accuracy_data or 'no labelled set'}; "
+                  f"{s.threads} threads; {s.machine.get('cpu', '')}[/]", highlight=False)
+    for a in report.artifacts:
+        for line in ([a.error] if a.error else []) + a.failures:
+            style = "yellow" if a.status == "unavailable" else "red"
+            console.print(f"[{style}]{a.id}:[/] {line}", highlight=False)
+        for flag in a.flags:
+            console.print(f"[yellow]{a.id}: {flag}[/]", highlight=False)
+    console.print(f"[bold]{report.summary}[/]; exit code {report.exit_code}"
+                  + (f"; fastest passed: [cyan]{report.fastest_passed}[/]" if report.fastest_passed else ""))

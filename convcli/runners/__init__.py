@@ -1,0 +1,1 @@
+"""Runners: one module per runtime that executes artifacts."""

@@ -1,0 +1,1 @@
+"""Source loaders: one module per family of sources."""

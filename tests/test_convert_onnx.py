@@ -1,0 +1,104 @@
+"""End-to-end conversions to ONNX with real exporters, ONNX Runtime and parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from tests.conftest import FAST
+
+
+def test_digits_cnn_to_onnx_with_accuracy(cli, catalogue, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "onnx", "-o", out, "--batch", "1,8", *FAST)
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    assert report["schema"] == "convcli.report/v1"
+    (row,) = report["artifacts"]
+    assert row["status"] == "passed" and row["format"] == "onnx" and row["precision"] == "fp32"
+    for key in ("max_abs_err", "mean_abs_err", "rel_l2_err", "cosine_min", "top1_agreement"):
+        assert row["parity"][key] is not None, key
+    assert row["parity"]["max_abs_err"] < 1e-4
+    assert report["source"]["accuracy"] > 0.95
+    assert abs(row["accuracy"] - report["source"]["accuracy"]) < 0.005
+    assert set(row["latency_by_batch"]) == {"1", "8"}
+    assert row["latency_ms"]["p50"] > 0 and row["speedup_vs_source"] > 0
+    assert row["size_bytes"] == (out / row["path"]).stat().st_size
+    assert report["fastest_passed"] == "onnx-fp32"
+    assert report["settings"]["threads"] == 2
+    export = report["steps"][0]
+    assert export["name"] == "OnnxFromPytorch" and export["details"]["exporter"] == "dynamo"
+    assert "batch=3" in export["details"]["export_checks"]
+    simplify = report["steps"][1]["details"]["simplify"]
+    assert simplify["nodes_after"] <= simplify["nodes_before"] and simplify["check_vs_unsimplified"]["passed"]
+    manifest = (out / "manifest.json").read_text()
+    assert '"onnx-fp32/model.onnx"' in manifest and "sha256" in manifest
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    assert "onnx-fp32" in res.output and "passed" in res.output
+
+
+def test_transformer_keeps_dynamic_batch_and_sequence(cli, catalogue, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = cli("convert", *catalogue["tiny_transformer"].args(), "--to", "onnx", "-o", out, *FAST)
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    checks = report["steps"][0]["details"]["export_checks"]
+    assert checks["batch=3, seq=17"]["passed"]
+    model = onnx.load(str(out / "onnx-fp32/model.onnx"))
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "seq"]
+    assert report["artifacts"][0]["parity"]["max_abs_err"] < 1e-4
+
+
+def test_fallback_exporter_is_used_and_explained(cli, catalogue, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = cli("convert", *catalogue["branchy"].args(), "--to", "onnx", "-o", out, "--no-latency")
+    assert res.exit_code == 0, res.output
+    details = res.report(out)["steps"][0]["details"]
+    assert details["exporter"] == "torchscript"
+    assert details["exporters"]["dynamo"].startswith("failed:")
+    assert details["exporters"]["torchscript"] == "used"
+
+
+def test_several_outputs_are_compared_each(cli, catalogue, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = cli("convert", *catalogue["two_outputs"].args(), "--to", "onnx", "-o", out, "--no-latency",
+              "--opset", "18")
+    assert res.exit_code == 0, res.output
+    parity = res.report(out)["artifacts"][0]["parity"]
+    assert [o["name"] for o in parity["outputs"]] == ["output_0", "output_1"]
+    assert parity["outputs"][1]["top1_agreement"] == 1.0
+    assert res.report(out)["steps"][0]["details"]["opset"] == 18
+
+
+def test_perturbed_artifact_fails_the_gate_with_exit_1(cli, catalogue, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    case = catalogue["digits_cnn"]
+    assert cli("convert", *case.args(), "--to", "onnx", "-o", out, "--no-latency").exit_code == 0
+    path = out / "onnx-fp32/model.onnx"
+    model = onnx.load(str(path))
+    weights = max(model.graph.initializer, key=lambda t: len(t.raw_data) or len(t.float_data))
+    arr = onnx.numpy_helper.to_array(weights).copy()
+    arr += 0.05
+    weights.CopyFrom(onnx.numpy_helper.from_array(arr, weights.name))
+    bad = tmp_path / "perturbed.onnx"
+    onnx.save(model, str(bad))
+    check_out = tmp_path / "check"
+    res = cli("check", case.spec, bad, "--weights", case.weights, "--no-latency", "-o", check_out)
+    assert res.exit_code == 1, res.output
+    row = res.report(check_out)["artifacts"][0]
+    assert row["status"] == "failed" and row["failures"][0].startswith("parity:")
+    ok = cli("check", case.spec, path, "--weights", case.weights, "--no-latency", "-o", check_out)
+    assert ok.exit_code == 0, ok.output
+
+
+def test_onnx_source_reads_inputs_from_the_file(cli, catalogue, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert cli("convert", *catalogue["two_outputs"].args(), "--to", "onnx", "-o", first, "--no-latency").exit_code == 0
+    out = tmp_path / "again"
+    res = cli("convert", first / "onnx-fp32/model.onnx", "--to", "onnx", "-o", out, "--no-latency")
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    assert report["source"]["format"] == "onnx"
+    assert report["source"]["inputs"] == ["x:batch=2x3x8x8:float32"]

@@ -1,0 +1,66 @@
+"""Bad input: one line naming the thing and what to do, the documented exit code, no traceback, and
+nothing written to OUTDIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.models.catalogue import DIGITS, HERE, ROOT
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["missing.py:build"], "does not exist"),
+        ([f"{HERE}/small.py:nope"], "has no attribute 'nope'"),
+        ([f"{HERE}/small.py:raises", "-i", "x:1x4:float32"], "checkpoint server unreachable"),
+        ([f"{HERE}/small.py:not_a_module"], "not a torch.nn.Module"),
+        ([DIGITS.spec, "--to", "onnx,coreml"], "unknown format 'coreml'"),
+        ([DIGITS.spec, "--input", "x:batch=2x3x9x9:float32"], "does not run on inputs"),
+        ([DIGITS.spec, "--to", "onnx:int4"], "precision 'int4'"),
+        ([DIGITS.spec, "--weights", "nope.pt"], "weights file nope.pt does not exist"),
+        ([DIGITS.spec, "--weights", f"{ROOT}/recipes/models/digits_cnn.py"], "cannot be read"),
+        ([DIGITS.spec, "-O", "onnx.fancy=1"], "'fancy': not supported"),
+        ([DIGITS.spec, "-O", "OnnxFromPytorch.opset=99"], "opset"),
+        ([DIGITS.spec, "--validation", "nowhere"], "does not exist"),
+        ([DIGITS.spec, "--input", "x"], "expected NAME:SHAPE"),
+        (["model.xyz"], "cannot tell what kind of model"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(cli, tmp_path: Path, args: list[str], fragment: str) -> None:
+    out = tmp_path / "out"
+    res = cli("convert", *args, "-o", out)
+    assert res.exit_code == 2, res.output
+    assert fragment in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_onnx_file(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00not a protobuf at all" * 10)
+    res = cli("convert", bad, "--to", "onnx", "-o", tmp_path / "out")
+    assert res.exit_code == 2
+    assert "broken.onnx" in res.output and "Traceback" not in res.output
+
+
+def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
+    res = cli("--debug", "convert", f"{HERE}/small.py:raises", "-i", "x:1x4:float32", "-o", tmp_path / "o")
+    assert res.exit_code == 2
+    assert "Traceback" in res.output
+
+
+def test_conversion_failure_exits_3_and_keeps_other_targets(cli, tmp_path: Path) -> None:
+    # The torchscript exporter cannot export the branchy model with torch.export's dynamo capture disabled,
+    # so asking for dynamo only fails the ONNX step: exit 3, a one-line error in the report.
+    out = tmp_path / "out"
+    res = cli("convert", f"{HERE}/small.py:branchy", "-i", "x:batch=2x4:float32", "--exporter", "dynamo",
+              "--to", "onnx", "-o", out, "--no-latency")
+    assert res.exit_code == 3, res.output
+    row = res.report(out)["artifacts"][0]
+    assert row["status"] == "error" and "OnnxFromPytorch failed" in row["error"]
+    assert "\n" not in row["error"]
+    assert not (out / "onnx-fp32").exists()
