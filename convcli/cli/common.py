@@ -17,6 +17,7 @@ from rich.console import Console
 from convcli.core.errors import ConvcliError, InputError
 from convcli.recipes.schema import DataSpec, JobSpec, LatencySpec, SourceSpec, TargetSpec
 
+
 def _console(stderr: bool = False) -> Console:
     """A console that is wide enough for the report table even when output goes to a CI log or a pipe."""
     probe = Console(stderr=stderr)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
+from convcli.core.registry import Registry
 from convcli.core.step import Converter, StepContext
 from convcli.core.tensors import TensorSpec
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
@@ -215,3 +216,8 @@ class OnnxFromExportedProgram(OnnxFromPytorch):
 
     def reference_model(self, artifact: Artifact) -> Any:
         return artifact.obj.module()
+
+
+def register(registry: Registry) -> None:
+    for step in (OnnxFromPytorch, OnnxFromTorchscript, OnnxFromExportedProgram):
+        registry.add_step(step)

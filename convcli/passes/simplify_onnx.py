@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
+from convcli.core.registry import Registry
 from convcli.core.step import Pass, StepContext
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
 from convcli.parity.data import random_data
@@ -84,3 +85,7 @@ class SimplifyOnnx(Pass):
             details["kept_original"] = f"simplified graph disagreed with the original: {check.message}"
             return artifact.derive(details={**artifact.details, "simplify": details})
         return artifact.derive(path=out, files=[out], details={**artifact.details, "simplify": details})
+
+
+def register(registry: Registry) -> None:
+    registry.add_step(SimplifyOnnx)

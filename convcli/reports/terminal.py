@@ -29,9 +29,10 @@ def render_terminal(report: Report, console: Console) -> None:
     batch = src.latency_ms.batch if src.latency_ms else None
     title = f"convcli: {src.spec} ({src.format})"
     table = Table(title=title, title_justify="left", show_lines=False)
+    p50 = "p50 ms" + (f" (b={batch})" if batch else "")
     for col, just in (("artifact", "left"), ("status", "left"), ("max abs err", "right"), ("cosine", "right"),
-                      ("top-1 agr", "right"), ("accuracy", "right"), ("p50 ms" + (f" (b={batch})" if batch else ""), "right"),
-                      ("speedup", "right"), ("size", "right")):
+                      ("top-1 agr", "right"), ("accuracy", "right"), (p50, "right"), ("speedup", "right"),
+                      ("size", "right")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     table.add_row("source", "[dim]reference[/]", "-", "-", "-", _acc(src.accuracy),
                   _ms(src.latency_ms.p50 if src.latency_ms else None), "1.00x", _size(src.size_bytes))

@@ -7,6 +7,7 @@ import numpy as np
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError
 from convcli.core.lazy import require
+from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -58,3 +59,7 @@ class OnnxRuntimeRunner(Runner):
 
     def load(self, artifact: Artifact, threads: int) -> Session:
         return OrtSession(artifact, threads)
+
+
+def register(registry: Registry) -> None:
+    registry.add_runner(OnnxRuntimeRunner)

@@ -8,6 +8,7 @@ import numpy as np
 
 from convcli.core.artifact import Artifact
 from convcli.core.lazy import require
+from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
 from convcli.sources.torch_sources import flatten_outputs
 
@@ -47,3 +48,7 @@ class TorchRunner(Runner):
         else:
             model.eval()
         return TorchSession(model, [s.name for s in artifact.inputs], threads)
+
+
+def register(registry: Registry) -> None:
+    registry.add_runner(TorchRunner)

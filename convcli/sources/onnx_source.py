@@ -7,6 +7,7 @@ from pathlib import Path
 from convcli.core.artifact import Artifact
 from convcli.core.errors import InputError
 from convcli.core.lazy import require
+from convcli.core.registry import Registry
 from convcli.core.source import SourceLoader, SourceRequest
 from convcli.core.tensors import DEFAULT_DIM_SIZES, Dim, TensorSpec
 
@@ -63,3 +64,7 @@ class OnnxLoader(SourceLoader):
             given = {s.name: s for s in request.inputs}
             specs = [given.get(s.name, s) for s in specs]
         return Artifact(format="onnx", path=path, inputs=specs, output_names=outputs)
+
+
+def register(registry: Registry) -> None:
+    registry.add_source(OnnxLoader)

@@ -15,6 +15,7 @@ import numpy as np
 from convcli.core.artifact import Artifact
 from convcli.core.errors import InputError
 from convcli.core.lazy import require
+from convcli.core.registry import Registry
 from convcli.core.source import SourceLoader, SourceRequest
 from convcli.core.tensors import Dim, TensorSpec, parse_input_spec
 
@@ -238,3 +239,8 @@ class ExportedProgramLoader(SourceLoader):
                     dims.append(Dim(name="batch" if i == 0 else f"dim{i}", size=int(hint)))
             specs.append(TensorSpec(name=node.name, shape=dims, dtype=str(val.dtype).replace("torch.", "")))
         return specs
+
+
+def register(registry: Registry) -> None:
+    for loader in (PytorchFactoryLoader, TorchscriptLoader, ExportedProgramLoader):
+        registry.add_source(loader)
