@@ -16,6 +16,7 @@ BUILTIN_MODULES = (
     "convcli.sources.torch_sources",
     "convcli.sources.onnx_source",
     "convcli.converters.torch_to_onnx",
+    "convcli.converters.onnx_to_tensorrt",
     "convcli.passes.simplify_onnx",
     "convcli.runners.torch_runner",
     "convcli.runners.onnxruntime_runner",

@@ -34,6 +34,8 @@ class OutputParity(BaseModel):
     rel_l2_err: float | None = None
     cosine_min: float | None = None
     top1_agreement: float | None = None
+    abs_err_quantiles: dict[str, float] = Field(
+        default_factory=dict, description="Distribution of |artifact - source| over all values: p50, p90, p99, max.")
     passed: bool
     problems: list[str] = Field(default_factory=list)
 
@@ -89,8 +91,12 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) 
         problems.append(f"cosine {cosine_min:.6f} < {tol.min_cosine}")
     if tol.min_top1 is not None and top1 is not None and top1 < tol.min_top1:
         problems.append(f"top-1 agreement {top1:.3f} < {tol.min_top1}")
+    quantiles = {}
+    if diff.size:
+        q = np.percentile(diff, [50, 90, 99])
+        quantiles = {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": max_abs}
     return OutputParity(name=name, shape=list(ref.shape), max_abs_err=max_abs, mean_abs_err=mean_abs,
-                        rel_l2_err=rel_l2, cosine_min=cosine_min, top1_agreement=top1,
+                        rel_l2_err=rel_l2, cosine_min=cosine_min, top1_agreement=top1, abs_err_quantiles=quantiles,
                         passed=not problems, problems=problems)
 
 
