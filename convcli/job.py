@@ -37,7 +37,7 @@ from convcli.core.step import StepContext
 from convcli.parity.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs
 from convcli.parity.data import DataSet, load_data, load_images, random_data
 from convcli.parity.evaluate import EvalSettings, Measurement, measure_model
-from convcli.recipes.schema import JobSpec
+from convcli.recipes.schema import GateSpec, JobSpec
 from convcli.reports.model import ArtifactReport, Report, Settings, SourceReport, StepRecord
 
 MANIFEST_SCHEMA = "convcli.manifest/v1"
@@ -210,6 +210,8 @@ def _evaluate(registry: Registry, spec: JobSpec, source: Artifact,
               settings: EvalSettings, progress: ProgressSink | None) -> Report:
     """Measure the source, then every entry (an artifact, or the error line of a target that failed)."""
     ref = _measure_source(registry, source, data, settings, progress)
+    target_gates = {f"{t.format}-{p}" + (f"@{t.via}" if t.via else ""): t.gates
+                    for t in spec.targets for p in t.precisions if t.gates}
     tolerances = {p: spec.tolerances.get(p, t) for p, t in DEFAULT_TOLERANCES.items()}
     src_size = source.size_bytes or None if (source.path is not None or source.files) else None
     params = None
@@ -228,8 +230,9 @@ def _evaluate(registry: Registry, spec: JobSpec, source: Artifact,
             continue
         if progress:
             progress.begin(f"check {label}")
+        gates = spec.gates.merged(target_gates.get(label))
         row = _check_artifact(registry, entry, base, ref, data, settings,
-                              tolerances.get(entry.precision, Tolerance()), spec)
+                              tolerances.get(entry.precision, Tolerance()), gates)
         if progress:
             progress.end(f"check {label}", row.status == "passed", 0.0, row.error or "; ".join(row.failures))
         rows.append(row)
@@ -290,7 +293,7 @@ def _headline(latency: dict[int, Any]) -> Any:
 
 
 def _check_artifact(registry: Registry, artifact: Artifact, base: dict[str, Any], ref: Measurement, data: JobData,
-                    settings: EvalSettings, tol: Tolerance, spec: JobSpec) -> ArtifactReport:
+                    settings: EvalSettings, tol: Tolerance, gates: GateSpec) -> ArtifactReport:
     size = artifact.size_bytes
     common = dict(base, path=str(artifact.path.name) if artifact.path else None,
                   files=[f.name for f in artifact.files], size_bytes=size, input_layout=artifact.layout,
@@ -310,13 +313,19 @@ def _check_artifact(registry: Registry, artifact: Artifact, base: dict[str, Any]
     drop = None
     if got.accuracy is not None and ref.accuracy is not None:
         drop = ref.accuracy - got.accuracy
-        limit = spec.gates.max_accuracy_drop.get(artifact.precision)
+        limit = gates.accuracy_limit(artifact.precision)
         if limit is not None and drop > limit + 1e-12:
             failures.append(f"accuracy drop {drop * 100:.2f} points > {limit * 100:.2f}")
     head = _headline(got.latency)
     ref_head = _headline(ref.latency)
     speedup = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None
-    g = spec.gates
+    g = gates
+    if g.max_abs_err is not None and parity.max_abs_err is not None and parity.max_abs_err > g.max_abs_err:
+        failures.append(f"max abs err {parity.max_abs_err:.3g} > {g.max_abs_err:g}")
+    if g.min_cosine is not None and parity.cosine_min is not None and parity.cosine_min < g.min_cosine:
+        failures.append(f"cosine {parity.cosine_min:.6f} < {g.min_cosine:g}")
+    if g.min_top1 is not None and parity.top1_agreement is not None and parity.top1_agreement < g.min_top1:
+        failures.append(f"top-1 agreement {parity.top1_agreement:.3f} < {g.min_top1:g}")
     if g.max_p50_ms is not None and head and head.p50 > g.max_p50_ms:
         failures.append(f"p50 {head.p50:.2f} ms > {g.max_p50_ms} ms")
     if g.min_speedup is not None and speedup is not None and speedup < g.min_speedup:

@@ -1,5 +1,5 @@
-import pytest
 import numpy as np
+import pytest
 
 from convcli.parity.compare import DEFAULT_TOLERANCES, Tolerance, accuracy, compare_outputs
 

@@ -26,7 +26,7 @@ def test_labelled_image_folder_uses_numeric_class_names() -> None:
     assert len(data) == 360
     assert data.inputs["x"].shape == (360, 1, 8, 8)
     assert data.labels is not None and set(data.labels.tolist()) == set(range(10))
-    assert 0.0 <= data.inputs["x"].min() and data.inputs["x"].max() <= 1.0
+    assert data.inputs["x"].min() >= 0.0 and data.inputs["x"].max() <= 1.0
 
 
 def test_limit_spreads_over_classes() -> None:

@@ -12,9 +12,13 @@ from typing import Any, TypeVar
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 
 from convcli.core.errors import ConvcliError, InputError
+from convcli.core.planner import PRECISIONS
+from convcli.core.registry import Registry
+from convcli.recipes.loader import validation_error
 from convcli.recipes.schema import DataSpec, JobSpec, LatencySpec, SourceSpec, TargetSpec
 
 
@@ -66,6 +70,9 @@ def parse_targets(to: str, precision: str) -> list[TargetSpec]:
     for chunk in [c.strip() for c in to.split(",") if c.strip()]:
         fmt, _, precs = chunk.partition(":")
         fmt, _, via = fmt.partition("@")
+        for p in precs.split("+") if precs else default_prec:
+            if p not in PRECISIONS:
+                raise InputError(f"--to {chunk}: precision '{p}' is not one of {', '.join(PRECISIONS)}")
         targets.append(TargetSpec(format=fmt, precisions=precs.split("+") if precs else default_prec,
                                   via=via or None))
     if not targets:
@@ -83,6 +90,14 @@ def build_job(model: str, to: str, inputs: list[str] | None, weights: Path | Non
     from convcli.core.registry import default_registry
 
     registry = default_registry()
+    try:
+        return _build_job(registry, model, to, inputs, weights, precision, options, output, **extra)
+    except ValidationError as exc:
+        raise validation_error(exc, "options") from None
+
+
+def _build_job(registry: Registry, model: str, to: str, inputs: list[str] | None, weights: Path | None,
+               precision: str, options: list[str] | None, output: Path, **extra: Any) -> JobSpec:
     targets = parse_targets(to, precision)
     by_format = {registry.format_named(t.format).name: t for t in targets}
     step_options: dict[str, dict[str, Any]] = {}
@@ -95,18 +110,16 @@ def build_job(model: str, to: str, inputs: list[str] | None, weights: Path | Non
         if fmt not in by_format:
             raise InputError(f"-O {prefix}.*: {fmt} is not among the targets given with --to")
         by_format[fmt].options.update(values)
-    try:
-        return JobSpec(
-            source=SourceSpec(model=model, weights=weights, inputs=inputs or None),
-            targets=targets, step_options=step_options, output=output,
-            data=DataSpec(**{k: v for k, v in extra.items() if k in DataSpec.model_fields and v is not None}),
-            latency=LatencySpec(**{k: v for k, v in extra.items() if k in LatencySpec.model_fields and v is not None}),
-            **{k: v for k, v in extra.items() if k in ("simplify", "require_all") and v is not None},
-        )
-    except ConvcliError:
-        raise
-    except Exception as exc:  # pydantic ValidationError from flags
-        raise InputError(f"invalid options: {' '.join(str(exc).split())[:300]}") from None
+    return JobSpec(
+        source=SourceSpec(model=model, weights=weights, inputs=inputs or None),
+        targets=targets, step_options=step_options, output=output,
+        data=DataSpec(**{k: v for k, v in extra.items() if k in DataSpec.model_fields and v is not None}),
+        latency=LatencySpec(**{k: v for k, v in extra.items() if k in LatencySpec.model_fields and v is not None}),
+        **{k: v for k, v in extra.items() if k in JOB_FLAGS and v is not None},
+    )
+
+
+JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir")
 
 
 def echo_command() -> str:

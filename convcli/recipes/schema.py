@@ -6,7 +6,7 @@ Every field has a description and unknown keys are errors (extra="forbid"), so a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -36,11 +36,46 @@ class SourceSpec(Strict):
         return [parse_input_spec(t) for t in self.inputs] if self.inputs else None
 
 
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class GateSpec(Strict):
+    """Pass/fail limits on top of the per-precision parity tolerances. None disables a gate. Set on the job,
+    they apply to every artifact; set on a target, they override the job's for that target."""
+
+    max_abs_err: float | None = Field(default=None, description="Largest max-abs-error vs the source.")
+    min_cosine: float | None = Field(default=None, description="Smallest per-sample cosine similarity.")
+    min_top1: float | None = Field(default=None, description="Smallest top-1 agreement with the source (0..1).")
+    max_accuracy_drop: float | dict[str, float] | None = Field(
+        default=None, description="Largest accuracy drop vs the source (fraction: 0.01 = 1 point); one number, or "
+                                  "one per precision. Default: fp32 0.005, fp16 0.01, int8 0.01.")
+    max_p50_ms: float | None = Field(default=None, description="Largest p50 latency of the artifact (ms).")
+    min_speedup: float | None = Field(default=None, description="Smallest speedup vs the source.")
+    max_size_mb: float | None = Field(default=None, description="Largest artifact size (MB).")
+
+    def merged(self, override: GateSpec | None) -> GateSpec:
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_unset=True))
+
+    def accuracy_limit(self, precision: str) -> float | None:
+        limit = self.max_accuracy_drop
+        if limit is None:
+            return DEFAULT_ACCURACY_DROP.get(precision)
+        if isinstance(limit, dict):
+            return limit.get(precision, DEFAULT_ACCURACY_DROP.get(precision))
+        return limit
+
+
+DEFAULT_ACCURACY_DROP = {"fp32": 0.005, "fp16": 0.01, "int8": 0.01}
+
+
 class TargetSpec(Strict):
     format: str = Field(description="Target format: onnx, openvino, ncnn, tflite, tensorrt, ...")
-    precisions: list[str] = Field(default_factory=lambda: ["fp32"], description="Any of fp32, fp16, int8.")
+    precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], description="Any of fp32, fp16, int8.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of this target's converter.")
-    via: str | None = Field(default=None, description="A converter the path must use, e.g. OnnxFromPytorch.")
+    via: str | None = Field(default=None, description="A converter the path must use, e.g. OpenvinoFromPytorch.")
+    gates: GateSpec | None = Field(default=None, description="Gates for this target, overriding the job's.")
 
 
 class DataSpec(Strict):
@@ -67,18 +102,14 @@ class LatencySpec(Strict):
     threads: int | None = Field(default=None, ge=1, description="Threads for every runtime; default all cores.")
 
 
-class GateSpec(Strict):
-    """Pass/fail limits beyond the per-precision parity tolerances. None disables a gate."""
-
-    max_accuracy_drop: dict[str, float] = Field(
-        default_factory=lambda: {"fp32": 0.005, "fp16": 0.01, "int8": 0.01},
-        description="Per precision: largest drop of accuracy (fraction, 0.01 = 1 point) vs the source.")
-    max_p50_ms: float | None = Field(default=None, description="Largest allowed p50 latency of an artifact (ms).")
-    min_speedup: float | None = Field(default=None, description="Smallest allowed speedup vs the source.")
-    max_size_mb: float | None = Field(default=None, description="Largest allowed artifact size (MB).")
+ReportFormat = Literal["md", "html", "junit"]
 
 
 class JobSpec(Strict):
+    """One model's conversion. ``version`` is the recipe schema version (bumped on incompatible changes)."""
+
+    version: Literal[1] = Field(default=1, description="Recipe schema version.")
+    name: str | None = Field(default=None, description="A name for reports and CI (default: the file name).")
     source: SourceSpec
     targets: list[TargetSpec] = Field(description="What to produce.")
     step_options: dict[str, dict[str, Any]] = Field(
@@ -91,3 +122,8 @@ class JobSpec(Strict):
     gates: GateSpec = Field(default_factory=GateSpec, description="Accuracy, latency and size gates.")
     require_all: bool = Field(default=False, description="Fail (exit 3) when a target is unavailable here.")
     output: Path = Field(default=Path("convcli-out"), description="Output folder.")
+    reports: list[ReportFormat] = Field(
+        default_factory=list, description="Reports written beside report.json: md, html, junit.")
+    cache: bool = Field(default=True, description="Reuse cached step outputs and measurements.")
+    cache_dir: Path | None = Field(default=None, description="Cache folder (default: ~/.cache/convcli or "
+                                                              "$CONVCLI_CACHE_DIR).")
