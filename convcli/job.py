@@ -8,6 +8,7 @@ built in a temporary folder beside OUTDIR and moved in only when the job is done
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import platform
 import shutil
@@ -19,12 +20,14 @@ from typing import Any
 
 from convcli import __version__
 from convcli.core.artifact import Artifact
+from convcli.core.cache import Cache, default_cache_dir, make_key
 from convcli.core.errors import (
     EXIT_CONVERSION_FAILED,
     EXIT_GATE_FAILED,
     EXIT_OK,
     ConvcliError,
     InputError,
+    UnavailableError,
     first_line,
 )
 from convcli.core.executor import ProgressSink, StepOutcome, execute
@@ -32,8 +35,9 @@ from convcli.core.fsutil import atomic_write_text, sha256_tree
 from convcli.core.lazy import package_version
 from convcli.core.planner import Plan, TargetRequest, plan
 from convcli.core.registry import Registry, default_registry
-from convcli.core.source import SourceRequest
+from convcli.core.source import SourceLoader, SourceRequest
 from convcli.core.step import StepContext
+from convcli.core.tensors import TensorSpec
 from convcli.parity.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs
 from convcli.parity.data import DataSet, load_data, load_images, random_data
 from convcli.parity.evaluate import EvalSettings, Measurement, measure_model
@@ -45,8 +49,8 @@ PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "onnxscri
             "pnnx", "tensorflow", "ai_edge_litert", "onnx2tf", "tf2onnx", "numpy", "tensorrt")
 
 
-def load_source(registry: Registry, spec: JobSpec) -> Artifact:
-    """Pick the loader that recognises the source and load it (InputError when none does)."""
+def find_loader(registry: Registry, spec: JobSpec) -> type[SourceLoader]:
+    """The loader that recognises the source (InputError when none does); nothing is loaded yet."""
     text = spec.source.model
     loaders = sorted((s for s in registry.sources.values() if s.matches(text)), key=lambda s: -s.priority)
     if not loaders:
@@ -59,7 +63,39 @@ def load_source(registry: Registry, spec: JobSpec) -> Artifact:
     if spec.source.weights is not None and loader.format != "pytorch":
         raise InputError(f"--weights {spec.source.weights}: weights go with a file.py:factory source, "
                          f"not a {loader.format} file")
-    return loader().load(SourceRequest(text, spec.source.input_specs(), spec.source.weights))
+    return loader
+
+
+def load_source(registry: Registry, spec: JobSpec) -> Artifact:
+    """Find the loader and load the source model."""
+    loader = find_loader(registry, spec)
+    return loader().load(SourceRequest(spec.source.model, spec.source.input_specs(), spec.source.weights))
+
+
+class LazySource:
+    """The source model, loaded only when a step or a measurement really needs it. Its input/output
+    description is kept in the cache, so a fully cached re-run never imports the model's framework."""
+
+    def __init__(self, registry: Registry, spec: JobSpec, cache: Cache, key: str) -> None:
+        self.registry, self.spec, self.cache, self.key = registry, spec, cache, key
+        self.loader = find_loader(registry, spec)
+        self._artifact: Artifact | None = None
+
+    def get(self) -> Artifact:
+        if self._artifact is None:
+            self._artifact = self.loader().load(
+                SourceRequest(self.spec.source.model, self.spec.source.input_specs(), self.spec.source.weights))
+            self.cache.store_json("source", self.key, {
+                "inputs": [s.model_dump() for s in self._artifact.inputs],
+                "outputs": self._artifact.output_names, "format": self._artifact.format})
+        return self._artifact
+
+    def signature(self) -> tuple[list[TensorSpec], list[str]]:
+        cached = self.cache.load_json("source", self.key)
+        if cached is not None:
+            return [TensorSpec.model_validate(s) for s in cached["inputs"]], list(cached["outputs"])
+        artifact = self.get()
+        return artifact.inputs, artifact.output_names
 
 
 def target_requests(spec: JobSpec) -> list[TargetRequest]:
@@ -84,29 +120,78 @@ class JobData:
     calibration: DataSet | None
 
 
-def load_job_data(spec: JobSpec, source: Artifact) -> JobData:
+def load_job_data(spec: JobSpec, inputs: list[TensorSpec]) -> JobData:
     d = spec.data
-    parity = (load_data(d.parity, source.inputs, d.preprocess, d.samples) if d.parity
-              else random_data(source.inputs, d.samples, d.seed))
+    parity = (load_data(d.parity, inputs, d.preprocess, d.samples) if d.parity
+              else random_data(inputs, d.samples, d.seed))
     labelled = None
     if d.validation is not None:
-        labelled = load_images(d.validation, source.inputs, d.preprocess, d.validation_samples)
+        labelled = load_images(d.validation, inputs, d.preprocess, d.validation_samples)
         if labelled.labels is None:
             raise InputError(f"validation data {d.validation} has no labels",
                              hint="use class sub-folders or a CSV of file,label")
-    calibration = (load_data(d.calibration, source.inputs, d.preprocess, d.calibration_samples)
+    calibration = (load_data(d.calibration, inputs, d.preprocess, d.calibration_samples)
                    if d.calibration else None)
     return JobData(parity, labelled, calibration)
 
 
-def batch_sizes(source: Artifact, spec: JobSpec) -> tuple[int, list[int]]:
+def batch_sizes(inputs: list[TensorSpec], spec: JobSpec) -> tuple[int, list[int]]:
     """Parity batch and latency batches: a static first dim is the only size the model takes."""
-    first = source.inputs[0].shape[0] if source.inputs and source.inputs[0].shape else None
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else None
     static = first.size if first is not None and not first.dynamic else None
     if static is not None:
+        for b in spec.latency.batches or []:
+            if b != static:
+                raise InputError(f"latency batch {b}: the model's batch dimension is fixed to {static}")
         return static, [static]
     return min(spec.data.samples, 16), list(spec.latency.batches or [1])
 
+
+# -- cache keys ------------------------------------------------------------------------------
+
+def _file_digest(path: Path | None) -> str | None:
+    return sha256_tree(path) if path is not None and path.exists() else None
+
+
+def source_key(spec: JobSpec, loader: type[SourceLoader]) -> str:
+    """From file contents only (no model import): the model file (and, for a factory, every .py file beside
+    it, since it may import them), weights and the input description."""
+    text = spec.source.model
+    files: dict[str, str | None] = {}
+    target = text.rpartition(":")[0] if ":" in text else text
+    if target.endswith(".py") or Path(target).exists():
+        path = Path(target)
+        files["model"] = _file_digest(path)
+        if path.suffix == ".py" and path.parent.is_dir():
+            for py in sorted(path.parent.glob("*.py")):
+                files[py.name] = _file_digest(py)
+    else:
+        found = importlib.util.find_spec(target.split(".")[0]) if target else None
+        origin = found.origin if found else None
+        files["module"] = _file_digest(Path(origin)) if origin else target
+    return make_key("source", loader.name, text, files, _file_digest(spec.source.weights),
+                    spec.source.inputs, package_version("torch"))
+
+
+def data_key(spec: JobSpec) -> str:
+    d = spec.data
+    parity = _file_digest(d.parity) if d.parity else ("random", d.seed)
+    return make_key("data", parity, d.samples, _file_digest(d.validation), d.validation_samples,
+                    d.preprocess.model_dump())
+
+
+def step_keys(the_plan: Plan, root_key: str, calibration_key: str | None) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for sid, planned in the_plan.steps.items():
+        upstream = root_key if planned.input_id == "source" else keys[planned.input_id]
+        step = planned.step
+        versions = {m: package_version(m) for m in step.requires}
+        keys[sid] = make_key("step", upstream, step.name, planned.options.model_dump(mode="json"), versions,
+                             calibration_key if step.uses_calibration else None)
+    return keys
+
+
+# -- the job -----------------------------------------------------------------------------------
 
 @dataclass
 class JobResult:
@@ -115,34 +200,56 @@ class JobResult:
     tracebacks: list[str] = field(default_factory=list)
 
 
+def open_cache(spec: JobSpec) -> Cache:
+    return Cache(spec.cache_dir or default_cache_dir(), enabled=spec.cache)
+
+
 def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressSink | None = None,
             command: str = "", debug: bool = False) -> JobResult:
+    """Plan, convert (reusing cached steps), measure (reusing cached measurements), judge and report."""
     registry = registry or default_registry()
-    source = load_source(registry, spec)
+    cache = open_cache(spec)
+    loader = find_loader(registry, spec)
     requests = target_requests(spec)
     skip = set() if spec.simplify else {p.name for p in registry.passes.values() if p.default_for_target}
-    the_plan = plan(registry, source.format, requests, spec.step_options, skip)
-    data = load_job_data(spec, source)
+    the_plan = plan(registry, loader.format, requests, spec.step_options, skip)
+    for p in (spec.data.parity, spec.data.validation, spec.data.calibration):
+        if p is not None and not Path(p).exists():
+            raise InputError(f"data path {p} does not exist")
+    src_key = source_key(spec, loader)
+    source = LazySource(registry, spec, cache, src_key)
+    inputs, outputs = source.signature()
     threads = spec.latency.threads or os.cpu_count() or 1
-    parity_batch, latency_batches = batch_sizes(source, spec)
-    for b in latency_batches:
-        if parity_batch != b and source.inputs[0].shape and not source.inputs[0].shape[0].dynamic:
-            raise InputError(f"latency batch {b}: the model's batch dimension is fixed to {parity_batch}")
+    parity_batch, latency_batches = batch_sizes(inputs, spec)
+    settings = EvalSettings(threads, parity_batch, latency_batches, spec.latency.warmup, spec.latency.runs,
+                            spec.latency.max_seconds, spec.latency.enabled)
+    calib_key = _file_digest(spec.data.calibration) if spec.data.calibration else None
+    calib_key = make_key("calibration", calib_key, spec.data.calibration_samples) if calib_key else None
+    keys = step_keys(the_plan, src_key, calib_key)
+    data = LazyData(spec, inputs)
 
     output = spec.output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.convcli-", dir=output.parent))
     try:
-        ctx = StepContext(workdir=workdir, threads=threads, calibration=data.calibration, debug=debug)
-        outcomes = execute(the_plan, source, workdir / "steps", ctx, progress)
+        ctx = StepContext(workdir=workdir, threads=threads, debug=debug,
+                          calibration_source=lambda: data.get().calibration)
+        outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
         staged = _stage(the_plan, outcomes, source, workdir / "final")
-        settings = EvalSettings(threads, parity_batch, latency_batches, spec.latency.warmup, spec.latency.runs,
-                                spec.latency.max_seconds, spec.latency.enabled)
-        entries = [({"id": t.request.label, "format": t.request.format, "precision": t.request.precision,
-                     "chain": the_plan.chain_text(t)}, staged[t.request.label]) for t in the_plan.targets]
-        report = _evaluate(registry, spec, source, entries, _step_records(the_plan, outcomes), data, settings,
-                           progress)
+        measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances)
+        entries = []
+        for t in the_plan.targets:
+            k = keys.get(t.final_step) if t.final_step else src_key
+            entries.append(Entry(t.request.label, t.request.format, t.request.precision, the_plan.chain_text(t),
+                                 staged[t.request.label], make_key(measure_base, k, t.request.label)))
+        evaluation = Evaluation(registry, spec, source, data, settings, cache, progress, outputs)
+        report = evaluation.report(entries, _step_records(the_plan, outcomes),
+                                   make_key(measure_base, src_key, "source"))
         report.command = command
+        report.cache = {"dir": str(cache.root), "enabled": cache.enabled,
+                        "steps_cached": sum(o.cached for o in outcomes.values()),
+                        "steps_run": sum(not o.cached and not o.skipped for o in outcomes.values()),
+                        "corrupt_entries_rebuilt": len(cache.rebuilt)}
         _finalize(report, spec, workdir / "final", output)
         tracebacks = [o.traceback for o in outcomes.values() if o.traceback]
         return JobResult(report, output, tracebacks)
@@ -150,7 +257,32 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _stage(the_plan: Plan, outcomes: dict[str, StepOutcome], source: Artifact,
+class LazyData:
+    """Parity, labelled and calibration data, read on first use (a fully cached run never reads it)."""
+
+    def __init__(self, spec: JobSpec, inputs: list[TensorSpec]) -> None:
+        self.spec, self.inputs = spec, inputs
+        self._data: JobData | None = None
+
+    def get(self) -> JobData:
+        if self._data is None:
+            self._data = load_job_data(self.spec, self.inputs)
+        return self._data
+
+
+@dataclass
+class Entry:
+    """One report row to produce: an artifact to measure, or the error line of a target that failed."""
+
+    id: str
+    format: str
+    precision: str
+    chain: str
+    artifact: Artifact | str
+    key: str
+
+
+def _stage(the_plan: Plan, outcomes: dict[str, StepOutcome], source: LazySource,
            final: Path) -> dict[str, Artifact | str]:
     """Copy each target's files into final/<id>/ ; a failed target maps to its error line."""
     staged: dict[str, Artifact | str] = {}
@@ -159,7 +291,7 @@ def _stage(the_plan: Plan, outcomes: dict[str, StepOutcome], source: Artifact,
         if target.unavailable:
             staged[label] = f"unavailable: {target.unavailable}"
             continue
-        artifact = outcomes[target.final_step].artifact if target.final_step else source
+        artifact = outcomes[target.final_step].artifact if target.final_step else source.get()
         if artifact is None:
             assert target.final_step is not None
             failed = next(outcomes[s] for s in target.chain if outcomes[s].error and not outcomes[s].skipped)
@@ -177,22 +309,6 @@ def _stage(the_plan: Plan, outcomes: dict[str, StepOutcome], source: Artifact,
     return staged
 
 
-def _measure_source(registry: Registry, source: Artifact, data: JobData, settings: EvalSettings,
-                    progress: ProgressSink | None) -> Measurement:
-    label = f"run source ({source.format})"
-    if progress:
-        progress.begin(label)
-    try:
-        result = measure_model(registry, source, data.parity, data.labelled, settings)
-    except ConvcliError:
-        raise
-    except Exception as exc:
-        raise InputError(f"the source model fails on the parity data: {first_line(exc)}") from exc
-    if progress:
-        progress.end(label, True, 0.0)
-    return result
-
-
 def _step_records(the_plan: Plan, outcomes: dict[str, StepOutcome]) -> list[StepRecord]:
     records = []
     for sid, planned in the_plan.steps.items():
@@ -200,68 +316,178 @@ def _step_records(the_plan: Plan, outcomes: dict[str, StepOutcome]) -> list[Step
         records.append(StepRecord(id=sid, name=planned.step.name, source=planned.step.source,
                                   target=planned.step.target,
                                   status="skipped" if o.skipped else ("error" if o.error else "ok"),
-                                  seconds=round(o.seconds, 3), options=planned.options.model_dump(mode="json"),
+                                  cached=o.cached, seconds=round(o.seconds, 3),
+                                  options=planned.options.model_dump(mode="json"),
                                   details=_jsonable(o.details), error=o.error))
     return records
 
 
-def _evaluate(registry: Registry, spec: JobSpec, source: Artifact,
-              entries: list[tuple[dict[str, Any], Artifact | str]], steps: list[StepRecord], data: JobData,
-              settings: EvalSettings, progress: ProgressSink | None) -> Report:
-    """Measure the source, then every entry (an artifact, or the error line of a target that failed)."""
-    ref = _measure_source(registry, source, data, settings, progress)
-    target_gates = {f"{t.format}-{p}" + (f"@{t.via}" if t.via else ""): t.gates
-                    for t in spec.targets for p in t.precisions if t.gates}
-    tolerances = {p: spec.tolerances.get(p, t) for p, t in DEFAULT_TOLERANCES.items()}
-    src_size = source.size_bytes or None if (source.path is not None or source.files) else None
-    params = None
-    if source.obj is not None and hasattr(source.obj, "parameters"):
-        params = int(sum(p.numel() for p in source.obj.parameters()))
-    source_report = SourceReport(
-        spec=spec.source.model, format=source.format, inputs=[s.text() for s in source.inputs],
-        outputs=source.output_names, runner=ref.runner, accuracy=ref.accuracy, size_bytes=src_size, params=params,
-        latency_ms=_headline(ref.latency), latency_by_batch={str(b): s for b, s in ref.latency.items()})
-    rows: list[ArtifactReport] = []
-    for base, entry in entries:
-        label = base["id"]
-        if isinstance(entry, str):
-            status = "unavailable" if entry.startswith("unavailable:") else "error"
-            rows.append(ArtifactReport(**base, status=status, error=entry.removeprefix("unavailable: ")))
-            continue
-        if progress:
-            progress.begin(f"check {label}")
-        gates = spec.gates.merged(target_gates.get(label))
-        row = _check_artifact(registry, entry, base, ref, data, settings,
-                              tolerances.get(entry.precision, Tolerance()), gates)
-        if progress:
-            progress.end(f"check {label}", row.status == "passed", 0.0, row.error or "; ".join(row.failures))
-        rows.append(row)
-    _flag_speed(rows)
-    passed = [r for r in rows if r.status == "passed" and r.latency_ms]
-    fastest = min(passed, key=lambda r: r.latency_ms.p50).id if passed else None  # type: ignore[union-attr]
-    exit_code = _exit_code(rows, spec.require_all)
-    settings_report = Settings(
-        threads=settings.threads, parity_data=data.parity.description, parity_samples=len(data.parity),
-        accuracy_data=data.labelled.description if data.labelled else None,
-        accuracy_samples=len(data.labelled) if data.labelled else None,
-        latency_batches=settings.latency_batches if settings.measure_latency else [],
-        warmup=settings.warmup, runs=settings.runs,
-        tolerances={p: t.model_dump() for p, t in tolerances.items()}, machine=_machine())
-    counts = {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "error", "unavailable")}
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    return Report(convcli_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                  exit_code=exit_code, summary=summary, fastest_passed=fastest, source=source_report,
-                  settings=settings_report, steps=steps, artifacts=rows)
+class Evaluation:
+    """Measures the source and each artifact on the same data (or reuses cached measurements), then judges
+    every artifact against its tolerances and gates. Judging always runs: changing a gate needs no re-run."""
+
+    def __init__(self, registry: Registry, spec: JobSpec, source: LazySource, data: LazyData,
+                 settings: EvalSettings, cache: Cache, progress: ProgressSink | None, outputs: list[str]) -> None:
+        self.registry, self.spec, self.source, self.data = registry, spec, source, data
+        self.settings, self.cache, self.progress, self.outputs = settings, cache, progress, outputs
+        self.tolerances = {p: spec.tolerances.get(p, t) for p, t in DEFAULT_TOLERANCES.items()}
+        self._ref: Measurement | None = None
+
+    def _begin(self, label: str) -> None:
+        if self.progress:
+            self.progress.begin(label)
+
+    def _end(self, label: str, ok: bool, note: str = "") -> None:
+        if self.progress:
+            self.progress.end(label, ok, 0.0, note)
+
+    def reference(self) -> Measurement:
+        """The source's outputs, accuracy and latency, measured once per run when anything needs them."""
+        if self._ref is None:
+            artifact = self.source.get()
+            data = self.data.get()
+            label = f"run source ({artifact.format})"
+            self._begin(label)
+            try:
+                self._ref = measure_model(self.registry, artifact, data.parity, data.labelled, self.settings)
+            except ConvcliError:
+                raise
+            except Exception as exc:
+                raise InputError(f"the source model fails on the parity data: {first_line(exc)}") from exc
+            self._end(label, True)
+        return self._ref
+
+    def source_report(self, key: str) -> SourceReport:
+        cached = self.cache.load_json("measure", key)
+        if cached is not None:
+            return SourceReport.model_validate(cached)
+        ref = self.reference()
+        artifact = self.source.get()
+        size = artifact.size_bytes or None if (artifact.path is not None or artifact.files) else None
+        params = None
+        if artifact.obj is not None and hasattr(artifact.obj, "parameters"):
+            params = int(sum(p.numel() for p in artifact.obj.parameters()))
+        report = SourceReport(
+            spec=self.spec.source.model, format=artifact.format, inputs=[s.text() for s in artifact.inputs],
+            outputs=artifact.output_names, runner=ref.runner, accuracy=ref.accuracy, size_bytes=size,
+            accuracy_samples=len(labelled) if (labelled := self.data.get().labelled) is not None else None,
+            params=params, latency_ms=_headline(ref.latency),
+            latency_by_batch={str(b): s for b, s in ref.latency.items()})
+        self.cache.store_json("measure", key, report.model_dump(mode="json"))
+        return report
+
+    def measure_entry(self, entry: Entry) -> ArtifactReport:
+        """The row with measurements only (status passed/error/unavailable; gates not applied yet)."""
+        base = dict(id=entry.id, format=entry.format, precision=entry.precision, chain=entry.chain)
+        if isinstance(entry.artifact, str):
+            status = "unavailable" if entry.artifact.startswith("unavailable:") else "error"
+            return ArtifactReport(**base, status=status, error=entry.artifact.removeprefix("unavailable: "))
+        cached = self.cache.load_json("measure", entry.key)
+        if cached is not None:
+            row = ArtifactReport.model_validate(cached)
+            row.cached = True
+            self._end(f"check {entry.id}", True, "cached")
+            return row
+        artifact = entry.artifact
+        common = dict(base, path=str(artifact.path.name) if artifact.path else None,
+                      files=[f.name for f in artifact.files], size_bytes=artifact.size_bytes,
+                      input_layout=artifact.layout, details=_jsonable(artifact.details))
+        ref = self.reference()
+        data = self.data.get()
+        self._begin(f"check {entry.id}")
+        try:
+            got = measure_model(self.registry, artifact, data.parity, data.labelled, self.settings)
+        except ConvcliError as exc:
+            status = "unavailable" if isinstance(exc, UnavailableError) else "error"
+            row = ArtifactReport(**common, status=status, error=exc.one_line())
+            self._end(f"check {entry.id}", False, row.error or "")
+            return row
+        except Exception as exc:
+            row = ArtifactReport(**common, status="error", error=f"running the artifact failed: {first_line(exc)}")
+            self._end(f"check {entry.id}", False, row.error or "")
+            return row
+        tol = self.tolerances.get(artifact.precision, Tolerance())
+        names = artifact.output_names or self.outputs
+        parity = compare_outputs(names, ref.outputs, got.outputs, tol)
+        row = ArtifactReport(**common, status="passed", runner=got.runner, parity=parity, accuracy=got.accuracy,
+                             latency_ms=_headline(got.latency),
+                             latency_by_batch={str(b): s for b, s in got.latency.items()})
+        self.cache.store_json("measure", entry.key, row.model_dump(mode="json"))
+        self._end(f"check {entry.id}", parity.passed)
+        return row
+
+    def report(self, entries: list[Entry], steps: list[StepRecord], source_key: str) -> Report:
+        rows = [self.measure_entry(e) for e in entries]
+        src = self.source_report(source_key)
+        target_gates = {f"{t.format}-{p}" + (f"@{t.via}" if t.via else ""): t.gates
+                        for t in self.spec.targets for p in t.precisions if t.gates}
+        for row in rows:
+            judge(row, src, self.spec.gates.merged(target_gates.get(row.id)))
+        _flag_speed(rows)
+        passed = [r for r in rows if r.status == "passed" and r.latency_ms]
+        fastest = min(passed, key=lambda r: r.latency_ms.p50).id if passed else None  # type: ignore[union-attr]
+        exit_code = _exit_code(rows, self.spec.require_all)
+        d = self.spec.data
+        parity_desc = str(d.parity) if d.parity else f"random (seed {d.seed}, {d.samples} samples)"
+        settings_report = Settings(
+            threads=self.settings.threads, parity_data=parity_desc, parity_samples=d.samples,
+            accuracy_data=str(d.validation) if d.validation else None, accuracy_samples=src.accuracy_samples,
+            latency_batches=self.settings.latency_batches if self.settings.measure_latency else [],
+            warmup=self.settings.warmup, runs=self.settings.runs,
+            tolerances={p: t.model_dump() for p, t in self.tolerances.items()}, machine=_machine())
+        counts = {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "error", "unavailable")}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        return Report(convcli_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      name=self.spec.name, exit_code=exit_code, summary=summary, fastest_passed=fastest, source=src,
+                      settings=settings_report, steps=steps, artifacts=rows)
+
+
+def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec) -> None:
+    """Apply parity tolerances and gates to a measured row: sets status, failures, accuracy drop, speedup."""
+    if row.status not in ("passed", "failed"):
+        return
+    failures: list[str] = []
+    parity = row.parity
+    judged_on_accuracy = row.precision == "int8" and row.accuracy is not None
+    if parity is not None and not parity.passed and not judged_on_accuracy:
+        failures.append(f"parity: {parity.message}")
+    row.accuracy_drop = None
+    if row.accuracy is not None and src.accuracy is not None:
+        row.accuracy_drop = src.accuracy - row.accuracy
+        limit = gates.accuracy_limit(row.precision)
+        if limit is not None and row.accuracy_drop > limit + 1e-12:
+            failures.append(f"accuracy drop {row.accuracy_drop * 100:.2f} points > {limit * 100:.2f}")
+    head, ref_head = row.latency_ms, src.latency_ms
+    row.speedup_vs_source = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None
+    g = gates
+    if parity is not None:
+        if g.max_abs_err is not None and parity.max_abs_err is not None and parity.max_abs_err > g.max_abs_err:
+            failures.append(f"max abs err {parity.max_abs_err:.3g} > {g.max_abs_err:g}")
+        if g.min_cosine is not None and parity.cosine_min is not None and parity.cosine_min < g.min_cosine:
+            failures.append(f"cosine {parity.cosine_min:.6f} < {g.min_cosine:g}")
+        if g.min_top1 is not None and parity.top1_agreement is not None and parity.top1_agreement < g.min_top1:
+            failures.append(f"top-1 agreement {parity.top1_agreement:.3f} < {g.min_top1:g}")
+    if g.max_p50_ms is not None and head and head.p50 > g.max_p50_ms:
+        failures.append(f"p50 {head.p50:.2f} ms > {g.max_p50_ms} ms")
+    if g.min_speedup is not None and row.speedup_vs_source is not None and row.speedup_vs_source < g.min_speedup:
+        failures.append(f"speedup {row.speedup_vs_source:.2f}x < {g.min_speedup}x")
+    if g.max_size_mb is not None and row.size_bytes is not None and row.size_bytes / 1e6 > g.max_size_mb:
+        failures.append(f"size {row.size_bytes / 1e6:.2f} MB > {g.max_size_mb} MB")
+    row.failures = failures
+    row.status = "failed" if failures else "passed"
 
 
 def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None = None,
                     progress: ProgressSink | None = None, command: str = "", debug: bool = False) -> Report:
-    """Parity/accuracy/latency of artifacts that already exist (``convcli check``). Nothing is converted;
-    the report is written to ``spec.output``."""
+    """Parity/accuracy/latency of artifacts that already exist (``convcli check``). Nothing is converted or
+    cached; the report is written to ``spec.output``."""
     registry = registry or default_registry()
-    source = load_source(registry, spec)
-    entries: list[tuple[dict[str, Any], Artifact | str]] = []
+    cache = Cache(Path(tempfile.gettempdir()), enabled=False)
+    loader = find_loader(registry, spec)
+    source = LazySource(registry, spec, cache, source_key(spec, loader))
+    artifact_src = source.get()
     precision = spec.targets[0].precisions[0] if spec.targets else "fp32"
+    entries: list[Entry] = []
     for i, f in enumerate(files):
         if not f.exists():
             raise InputError(f"artifact {f} does not exist")
@@ -271,16 +497,16 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
             suffixes = sorted({s for x in registry.formats.values() for s in x.suffixes})
             raise InputError(f"cannot tell the format of {f}", hint=f"known suffixes: {', '.join(suffixes)}")
         siblings = [p for p in f.parent.iterdir() if p.is_file() and p.name.startswith(f.stem + ".")]
-        artifact = Artifact(format=fmt, path=f, inputs=source.inputs, output_names=source.output_names,
+        artifact = Artifact(format=fmt, path=f, inputs=artifact_src.inputs, output_names=artifact_src.output_names,
                             precision=precision, files=sorted(siblings))
-        entries.append(({"id": f"{fmt}-{precision}-{i}", "format": fmt, "precision": precision,
-                         "chain": str(f)}, artifact))
-    data = load_job_data(spec, source)
+        entries.append(Entry(f"{fmt}-{precision}-{i}", fmt, precision, str(f), artifact, ""))
     threads = spec.latency.threads or os.cpu_count() or 1
-    parity_batch, latency_batches = batch_sizes(source, spec)
+    parity_batch, latency_batches = batch_sizes(artifact_src.inputs, spec)
     settings = EvalSettings(threads, parity_batch, latency_batches, spec.latency.warmup, spec.latency.runs,
                             spec.latency.max_seconds, spec.latency.enabled)
-    report = _evaluate(registry, spec, source, entries, [], data, settings, progress)
+    evaluation = Evaluation(registry, spec, source, LazyData(spec, artifact_src.inputs), settings, cache, progress,
+                            artifact_src.output_names)
+    report = evaluation.report(entries, [], "")
     report.command = command
     for row in report.artifacts:
         row.path = row.chain
@@ -290,56 +516,6 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
 
 def _headline(latency: dict[int, Any]) -> Any:
     return next(iter(latency.values())) if latency else None
-
-
-def _check_artifact(registry: Registry, artifact: Artifact, base: dict[str, Any], ref: Measurement, data: JobData,
-                    settings: EvalSettings, tol: Tolerance, gates: GateSpec) -> ArtifactReport:
-    size = artifact.size_bytes
-    common = dict(base, path=str(artifact.path.name) if artifact.path else None,
-                  files=[f.name for f in artifact.files], size_bytes=size, input_layout=artifact.layout,
-                  details=_jsonable(artifact.details))
-    try:
-        got = measure_model(registry, artifact, data.parity, data.labelled, settings)
-    except ConvcliError as exc:
-        status = "unavailable" if type(exc).__name__ == "UnavailableError" else "error"
-        return ArtifactReport(**common, status=status, error=exc.one_line())
-    except Exception as exc:
-        return ArtifactReport(**common, status="error", error=f"running the artifact failed: {first_line(exc)}")
-    parity = compare_outputs(artifact.output_names or ref_names(ref), ref.outputs, got.outputs, tol)
-    failures: list[str] = []
-    judged_on_accuracy = artifact.precision == "int8" and got.accuracy is not None
-    if not parity.passed and not judged_on_accuracy:
-        failures.append(f"parity: {parity.message}")
-    drop = None
-    if got.accuracy is not None and ref.accuracy is not None:
-        drop = ref.accuracy - got.accuracy
-        limit = gates.accuracy_limit(artifact.precision)
-        if limit is not None and drop > limit + 1e-12:
-            failures.append(f"accuracy drop {drop * 100:.2f} points > {limit * 100:.2f}")
-    head = _headline(got.latency)
-    ref_head = _headline(ref.latency)
-    speedup = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None
-    g = gates
-    if g.max_abs_err is not None and parity.max_abs_err is not None and parity.max_abs_err > g.max_abs_err:
-        failures.append(f"max abs err {parity.max_abs_err:.3g} > {g.max_abs_err:g}")
-    if g.min_cosine is not None and parity.cosine_min is not None and parity.cosine_min < g.min_cosine:
-        failures.append(f"cosine {parity.cosine_min:.6f} < {g.min_cosine:g}")
-    if g.min_top1 is not None and parity.top1_agreement is not None and parity.top1_agreement < g.min_top1:
-        failures.append(f"top-1 agreement {parity.top1_agreement:.3f} < {g.min_top1:g}")
-    if g.max_p50_ms is not None and head and head.p50 > g.max_p50_ms:
-        failures.append(f"p50 {head.p50:.2f} ms > {g.max_p50_ms} ms")
-    if g.min_speedup is not None and speedup is not None and speedup < g.min_speedup:
-        failures.append(f"speedup {speedup:.2f}x < {g.min_speedup}x")
-    if g.max_size_mb is not None and size / 1e6 > g.max_size_mb:
-        failures.append(f"size {size / 1e6:.2f} MB > {g.max_size_mb} MB")
-    return ArtifactReport(**common, status="failed" if failures else "passed", runner=got.runner, parity=parity,
-                          accuracy=got.accuracy, accuracy_drop=drop, latency_ms=head,
-                          latency_by_batch={str(b): s for b, s in got.latency.items()},
-                          speedup_vs_source=speedup, failures=failures)
-
-
-def ref_names(ref: Measurement) -> list[str]:
-    return [f"output_{i}" for i in range(len(ref.outputs))]
 
 
 def _flag_speed(rows: list[ArtifactReport]) -> None:

@@ -38,6 +38,14 @@ class Cli:
         return CliResult(result.exit_code, result.output)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets an empty step/measurement cache, outside its tmp_path."""
+    path = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def cli() -> Cli:
     return Cli()

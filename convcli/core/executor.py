@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from convcli.core.artifact import Artifact
+from convcli.core.cache import Cache
 from convcli.core.errors import ConvcliError, first_line
 from convcli.core.planner import Plan
 from convcli.core.step import StepContext
@@ -37,6 +39,7 @@ class StepOutcome:
     seconds: float = 0.0
     error: str | None = None
     skipped: bool = False
+    cached: bool = False
     traceback: str | None = None
     details: dict[str, object] = field(default_factory=dict)
 
@@ -45,26 +48,35 @@ def _new_details(before: Artifact, after: Artifact) -> dict[str, object]:
     return {k: v for k, v in after.details.items() if before.details.get(k) != v}
 
 
-def execute(plan: Plan, source: Artifact, workdir: Path, context: StepContext,
-            progress: ProgressSink | None = None) -> dict[str, StepOutcome]:
+def execute(plan: Plan, source: Callable[[], Artifact], workdir: Path, context: StepContext,
+            progress: ProgressSink | None = None, cache: Cache | None = None,
+            keys: dict[str, str] | None = None) -> dict[str, StepOutcome]:
+    """Run every planned step. ``source`` is called only when a step that reads the source must really run
+    (a fully cached plan never loads the model); ``keys`` are the steps' cache keys."""
     progress = progress or SilentProgress()
     outcomes: dict[str, StepOutcome] = {}
     for sid, planned in plan.steps.items():
+        folder = workdir / f"{sid}-{planned.step.name}"
+        label = f"{planned.step.name} ({planned.step.source} -> {planned.step.target})"
+        key = (keys or {}).get(sid)
+        hit = cache.load_artifact(key, folder) if cache is not None and key else None
+        if hit is not None:
+            outcomes[sid] = StepOutcome(hit[0], hit[1], cached=True, details=hit[2])
+            progress.end(label, True, hit[1], "cached")
+            continue
         if planned.input_id == "source":
-            upstream: Artifact | None = source
+            upstream: Artifact | None = source()
             before: list[str] = []
         else:
             prior = outcomes[planned.input_id]
             upstream = prior.artifact
             before = _ancestors(plan, planned.input_id)
-        label = f"{planned.step.name} ({planned.step.source} -> {planned.step.target})"
         if upstream is None:
             outcomes[sid] = StepOutcome(None, error=f"skipped: input step {plan.steps[planned.input_id].step.name} "
                                                    "failed", skipped=True)
             continue
-        folder = workdir / f"{sid}-{planned.step.name}"
         folder.mkdir(parents=True, exist_ok=True)
-        ctx = StepContext(workdir=folder, threads=context.threads, calibration=context.calibration,
+        ctx = StepContext(workdir=folder, threads=context.threads, calibration_source=context.calibration_source,
                           timeout_s=context.timeout_s, debug=context.debug)
         progress.begin(label)
         start = time.perf_counter()
@@ -81,6 +93,8 @@ def execute(plan: Plan, source: Artifact, workdir: Path, context: StepContext,
             continue
         seconds = time.perf_counter() - start
         outcomes[sid] = StepOutcome(produced, seconds, details=_new_details(upstream, produced))
+        if cache is not None and key:
+            cache.store_artifact(key, produced, seconds, outcomes[sid].details)
         progress.end(label, True, seconds)
     return outcomes
 

@@ -7,6 +7,7 @@ an options model (pydantic, extra="forbid", so an unsupported flag is an error n
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -49,10 +50,15 @@ class StepContext:
 
     workdir: Path
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    calibration: DataSet | None = None
+    calibration_source: Callable[[], DataSet | None] | None = None
     timeout_s: float = 900.0
     debug: bool = False
     log: list[str] = field(default_factory=list)
+
+    @property
+    def calibration(self) -> DataSet | None:
+        """Calibration data, read on first use (steps that need none never trigger the read)."""
+        return self.calibration_source() if self.calibration_source is not None else None
 
 
 class Step:
@@ -67,6 +73,7 @@ class Step:
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     Options: ClassVar[type[BaseModel]] = NoOptions
     default_for_target: ClassVar[bool] = False  # passes: applied whenever a plan passes through the format
+    uses_calibration: ClassVar[bool] = False  # its output depends on the calibration data (part of its cache key)
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()

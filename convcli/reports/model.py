@@ -20,6 +20,7 @@ class StepRecord(BaseModel):
     source: str
     target: str
     status: Literal["ok", "error", "skipped"]
+    cached: bool = Field(default=False, description="Reused from the cache; seconds are the original run's.")
     seconds: float = 0.0
     options: dict[str, Any] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
@@ -35,6 +36,7 @@ class SourceReport(BaseModel):
     latency_ms: LatencyStats | None = None
     latency_by_batch: dict[str, LatencyStats] = Field(default_factory=dict)
     accuracy: float | None = None
+    accuracy_samples: int | None = None
     size_bytes: int | None = None
     params: int | None = None
 
@@ -58,6 +60,8 @@ class ArtifactReport(BaseModel):
     size_bytes: int | None = None
     error: str | None = None
     failures: list[str] = Field(default_factory=list, description="every gate that failed, one line each")
+    cached: bool = Field(default=False, description="Measurements reused from the cache (same artifact, data "
+                                                    "and settings); --no-cache measures again.")
     flags: list[str] = Field(default_factory=list, description="warnings such as 'slower than source'")
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -80,6 +84,7 @@ class Report(BaseModel):
     convcli_version: str
     created: str
     command: str = ""
+    name: str | None = None
     exit_code: int = 0
     summary: str = ""
     fastest_passed: str | None = None
@@ -87,6 +92,7 @@ class Report(BaseModel):
     settings: Settings
     steps: list[StepRecord] = Field(default_factory=list)
     artifacts: list[ArtifactReport] = Field(default_factory=list)
+    cache: dict[str, Any] = Field(default_factory=dict, description="Cache folder and hit counts of this run.")
 
     model_config = {"populate_by_name": True}
 
