@@ -44,7 +44,7 @@ def handle_errors(fn: F) -> F:
         except ConvcliError as exc:
             if STATE["debug"]:
                 err.print(traceback.format_exc(), markup=False, highlight=False)
-            err.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False)
+            err.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -12,10 +12,10 @@ class RichProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.status: Status | None = None
-        self.started = 0.0
+        self.started: dict[str, float] = {}
 
     def begin(self, label: str) -> None:
-        self.started = time.perf_counter()
+        self.started[label] = time.perf_counter()
         if self.console.is_terminal:
             self.status = self.console.status(f"{label} ...")
             self.status.start()
@@ -24,7 +24,9 @@ class RichProgress:
         if self.status is not None:
             self.status.stop()
             self.status = None
-        seconds = seconds or (time.perf_counter() - self.started)
+        started = self.started.pop(label, None)
+        if not seconds and started is not None:
+            seconds = time.perf_counter() - started
         mark = "[green]ok[/]" if ok else "[red]failed[/]"
         tail = f" [dim]{note}[/]" if note else ""
         self.console.print(f"  {mark} {label} [dim]{seconds:.1f}s[/]{tail}", highlight=False)

@@ -40,9 +40,9 @@ def describe_error(err: Any) -> str:
     if kind == "missing":
         return "required but missing"
     if kind == "literal_error":
-        return f"{value!r} is not one of {ctx.get('expected', '')}"
+        return f"{value!r} is not one of {str(ctx.get('expected', '')).replace(' or ', ', ')}"
     if kind == "union_tag_invalid":
-        return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags', '')}"
+        return f"{ctx.get('tag')!r} is not one of {str(ctx.get('expected_tags', '')).replace(' or ', ', ')}"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{msg} (got {value!r})" if value is not None and not isinstance(value, (dict, list)) else msg
 
@@ -83,7 +83,7 @@ def _resolve(base: Path, value: str | Path | None) -> Any:
     if value is None:
         return None
     path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
+    return path if path.is_absolute() else (base / path).resolve()
 
 
 def _resolve_model(base: Path, model: str) -> str:
