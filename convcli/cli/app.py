@@ -8,6 +8,7 @@ from convcli import __version__
 from convcli.cli import check as check_cmd
 from convcli.cli import convert as convert_cmd
 from convcli.cli import doctor as doctor_cmd
+from convcli.cli import report as report_cmd
 from convcli.cli.common import STATE
 from convcli.core.offline import apply_offline_env
 
@@ -42,6 +43,7 @@ app.command("convert")(convert_cmd.convert)
 app.command("plan")(convert_cmd.plan_command)
 app.command("check")(check_cmd.check)
 app.command("doctor")(doctor_cmd.doctor)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:
