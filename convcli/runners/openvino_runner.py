@@ -1,0 +1,112 @@
+"""OpenVINO runtime on CPU, pinned to fp32 inference and a fixed thread count.
+
+The CPU plugin silently picks bf16 inference on CPUs with AVX-512 BF16 (about 2e-2 off and, without AMX,
+slower), so every session asks for f32 and reads back the precision the compiled model really uses; the
+report shows it. FP16 artifacts hold FP16 weights only: they are decompressed and run in f32 as well.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from convcli.core.artifact import Artifact
+from convcli.core.errors import ConversionError, first_line
+from convcli.core.lazy import require
+from convcli.core.offline import block_telemetry_imports
+from convcli.core.registry import Registry
+from convcli.core.runner import Runner, Session
+
+
+def require_openvino(purpose: str = "OpenVINO targets") -> ModuleType:
+    """Import openvino with its telemetry blocked first: ``import openvino`` alone phones home."""
+    block_telemetry_imports()
+    return require("openvino", purpose)
+
+
+def compile_cpu(model: Any, threads: int) -> Any:
+    """Compile an ov.Model (or IR path) for CPU with f32 inference and ``threads`` threads."""
+    ov = require_openvino()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+              "PERFORMANCE_HINT": "LATENCY"}
+    return ov.Core().compile_model(model, "CPU", config)
+
+
+def port_names(port: Any) -> set[str]:
+    try:
+        return set(port.get_names())
+    except RuntimeError:  # a port without tensor names
+        return set()
+
+
+def match_outputs(ports: list[Any], wanted: list[str], where: str) -> list[int]:
+    """Indices of ``ports`` in the order of ``wanted`` output names; positional when the model's ports do
+    not carry the names but their count matches."""
+    by_name = {n: i for i, p in enumerate(ports) for n in port_names(p)}
+    if wanted and all(n in by_name for n in wanted):
+        return [by_name[n] for n in wanted]
+    if not wanted or len(wanted) == len(ports):
+        return list(range(len(ports)))
+    raise ConversionError(f"{where}: has {len(ports)} outputs "
+                          f"({', '.join(sorted(by_name)) or 'unnamed'}); the source has {', '.join(wanted)}")
+
+
+class OpenvinoSession(Session):
+    def __init__(self, artifact: Artifact, threads: int) -> None:
+        ov = require_openvino("running OpenVINO IR")
+        assert artifact.path is not None
+        where = f"OpenVINO IR {artifact.path.name}"
+        try:
+            self.compiled = compile_cpu(str(artifact.path), threads)
+        except Exception as exc:
+            raise ConversionError(f"{where} does not compile for CPU: {first_line(exc)}") from None
+        self.request = self.compiled.create_infer_request()
+        self.inputs: list[tuple[str, Any, np.dtype]] = []
+        source_names = [s.name for s in artifact.inputs]
+        for i, port in enumerate(self.compiled.inputs):
+            names = port_names(port)
+            name = next((n for n in source_names if n in names), None)
+            if name is None and len(source_names) == len(self.compiled.inputs):
+                name = source_names[i]
+            if name is None:
+                raise ConversionError(f"{where}: input {sorted(names) or i} matches no source input "
+                                      f"({', '.join(source_names)})")
+            self.inputs.append((name, port, np.dtype(port.get_element_type().to_dtype())))
+        self.order = match_outputs(list(self.compiled.outputs), artifact.output_names, where)
+        first = self.compiled.inputs[0].get_partial_shape() if self.compiled.inputs else None
+        if first is not None and first.rank.is_static and len(first) and first[0].is_static:
+            self.fixed_batch = first[0].get_length()
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+        used_threads = self.compiled.get_property("INFERENCE_NUM_THREADS")
+        self.description = (f"OpenVINO {ov.__version__.split('-')[0]} CPU, {used_threads} threads, "
+                            f"inference precision {self.precision}")
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        tensors = {}
+        for name, port, dtype in self.inputs:
+            if name not in feed:
+                raise ConversionError(f"OpenVINO model needs input {name}, which the feed does not have")
+            tensors[port] = np.ascontiguousarray(feed[name].astype(dtype, copy=False))
+        results = self.request.infer(tensors)
+        outs = [np.array(results[self.compiled.outputs[i]], copy=True) for i in self.order]
+        return [o.astype(np.float32) if o.dtype == np.float16 else o for o in outs]
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+class OpenvinoRunner(Runner):
+    name = "openvino"
+    formats = ("openvino",)
+    requires = ("openvino",)
+
+    def load(self, artifact: Artifact, threads: int) -> Session:
+        return OpenvinoSession(artifact, threads)
+
+
+def register(registry: Registry) -> None:
+    registry.add_runner(OpenvinoRunner)
