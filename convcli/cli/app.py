@@ -8,7 +8,9 @@ from convcli import __version__
 from convcli.cli import check as check_cmd
 from convcli.cli import convert as convert_cmd
 from convcli.cli import doctor as doctor_cmd
+from convcli.cli import recipe as recipe_cmd
 from convcli.cli import report as report_cmd
+from convcli.cli import run as run_cmd
 from convcli.cli.common import STATE
 from convcli.core.offline import apply_offline_env
 
@@ -43,6 +45,8 @@ app.command("convert")(convert_cmd.convert)
 app.command("plan")(convert_cmd.plan_command)
 app.command("check")(check_cmd.check)
 app.command("doctor")(doctor_cmd.doctor)
+app.command("run")(run_cmd.run)
+app.add_typer(recipe_cmd.recipe_app, name="recipe")
 app.command("report")(report_cmd.report)
 
 
