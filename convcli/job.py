@@ -180,14 +180,16 @@ def data_key(spec: JobSpec) -> str:
                     d.preprocess.model_dump())
 
 
-def step_keys(the_plan: Plan, root_key: str, calibration_key: str | None) -> dict[str, str]:
+def step_keys(the_plan: Plan, root_key: str, calibration_key: str | None,
+              validation_key: str | None = None) -> dict[str, str]:
     keys: dict[str, str] = {}
     for sid, planned in the_plan.steps.items():
         upstream = root_key if planned.input_id == "source" else keys[planned.input_id]
         step = planned.step
         versions = {m: package_version(m) for m in step.requires}
         keys[sid] = make_key("step", upstream, step.name, planned.options.model_dump(mode="json"), versions,
-                             calibration_key if step.uses_calibration else None)
+                             calibration_key if step.uses_calibration else None,
+                             validation_key if step.uses_validation else None)
     return keys
 
 
@@ -225,7 +227,9 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
                             spec.latency.max_seconds, spec.latency.enabled)
     calib_key = _file_digest(spec.data.calibration) if spec.data.calibration else None
     calib_key = make_key("calibration", calib_key, spec.data.calibration_samples) if calib_key else None
-    keys = step_keys(the_plan, src_key, calib_key)
+    valid_key = make_key("validation", _file_digest(spec.data.validation), spec.data.validation_samples,
+                         spec.data.preprocess.model_dump())
+    keys = step_keys(the_plan, src_key, calib_key, valid_key)
     data = LazyData(spec, inputs)
 
     output = spec.output.resolve()
@@ -233,7 +237,8 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.convcli-", dir=output.parent))
     try:
         ctx = StepContext(workdir=workdir, threads=threads, debug=debug,
-                          calibration_source=lambda: data.get().calibration)
+                          calibration_source=lambda: data.get().calibration,
+                          validation_source=lambda: data.get().labelled)
         outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
         staged = _stage(the_plan, outcomes, source, workdir / "final")
         measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances)

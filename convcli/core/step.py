@@ -51,6 +51,7 @@ class StepContext:
     workdir: Path
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     calibration_source: Callable[[], DataSet | None] | None = None
+    validation_source: Callable[[], DataSet | None] | None = None
     timeout_s: float = 900.0
     debug: bool = False
     log: list[str] = field(default_factory=list)
@@ -59,6 +60,11 @@ class StepContext:
     def calibration(self) -> DataSet | None:
         """Calibration data, read on first use (steps that need none never trigger the read)."""
         return self.calibration_source() if self.calibration_source is not None else None
+
+    @property
+    def validation(self) -> DataSet | None:
+        """The labelled set, for steps that judge their own output (accuracy-aware quantization)."""
+        return self.validation_source() if self.validation_source is not None else None
 
 
 class Step:
@@ -74,6 +80,7 @@ class Step:
     Options: ClassVar[type[BaseModel]] = NoOptions
     default_for_target: ClassVar[bool] = False  # passes: applied whenever a plan passes through the format
     uses_calibration: ClassVar[bool] = False  # its output depends on the calibration data (part of its cache key)
+    uses_validation: ClassVar[bool] = False  # its output depends on the labelled set (accuracy-aware steps)
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()
