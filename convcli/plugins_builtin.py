@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "convcli.runners.torch_runner",
     "convcli.runners.onnxruntime_runner",
     "convcli.converters.onnx_to_openvino", "convcli.converters.torch_to_openvino", "convcli.runners.openvino_runner",
+    "convcli.converters.torch_to_ncnn", "convcli.converters.onnx_to_ncnn", "convcli.runners.ncnn_runner",
 )
 
 
