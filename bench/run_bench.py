@@ -1,0 +1,308 @@
+"""convcli benchmarks: every reference model to every target and precision, measured side by side in one run.
+
+    .venv/bin/python bench/run_bench.py                 # all sections -> docs/benchmarks.md
+    .venv/bin/python bench/run_bench.py --only models   # one section (models | coverage | cache | overhead)
+
+Numbers are medians on this shared, noisy 2-core machine; every comparison in a table comes from the same run
+(same process, same data, same thread count). Raw reports go to bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+DOC = ROOT / "docs" / "benchmarks.md"
+CONVCLI = [sys.executable, "-m", "convcli"]
+sys.path.insert(0, str(ROOT))
+
+DIGITS = ROOT / "recipes/models/digits_cnn.py:build"
+MODELS: dict[str, dict[str, Any]] = {
+    "digits_cnn": {"model": f"{DIGITS}", "weights": ROOT / "recipes/models/digits_cnn.pt", "batches": "1,32",
+                   "extra": ["--validation", ROOT / "calibration_data/digits/val",
+                             "--calibration", ROOT / "calibration_data/digits/calib"]},
+    "resnet18": {"model": f"{ROOT}/recipes/models/torchvision_models.py:resnet18", "batches": "1,8", "image": 224},
+    "mobilenet_v3_small": {"model": f"{ROOT}/recipes/models/torchvision_models.py:mobilenet_v3_small",
+                           "batches": "1,8", "image": 224},
+    "tiny_transformer": {"model": f"{ROOT}/recipes/models/tiny_transformer.py:build", "batches": "1,8",
+                         "calib_ids": True},
+}
+TARGETS = "onnx:fp32+fp16+int8,openvino:fp32+fp16+int8,ncnn:fp32+fp16+int8,tflite:fp32+fp16+int8,tensorrt:fp16"
+
+
+def run(cmd: list[Any], timeout: float = 3600) -> tuple[int, float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "CONVCLI_CACHE_DIR": tempfile.mkdtemp(prefix="convcli-bench-")})
+    return proc.returncode, time.perf_counter() - t0, proc.stdout + proc.stderr
+
+
+def calibration_npz(name: str, spec: dict[str, Any]) -> Path:
+    """Random-weight models get random calibration data of the right shape (their accuracy is meaningless)."""
+    import numpy as np
+
+    path = OUT / f"{name}-calib.npz"
+    rng = np.random.default_rng(0)
+    if spec.get("calib_ids"):
+        np.savez(path, input_ids=rng.integers(0, 1000, size=(32, 16)).astype(np.int64))
+    else:
+        size = spec["image"]
+        np.savez(path, x=rng.uniform(0, 1, size=(16, 3, size, size)).astype(np.float32))
+    return path
+
+
+def bench_models(names: list[str]) -> dict[str, Any]:
+    results = {}
+    for name in names:
+        spec = MODELS[name]
+        out = OUT / name
+        cmd = [*CONVCLI, "convert", spec["model"], "--to", TARGETS, "-o", out, "--batch", spec["batches"],
+               "--runs", "20", "--samples", "16"]
+        if spec.get("weights"):
+            cmd += ["--weights", spec["weights"]]
+        cmd += spec.get("extra") or ["--calibration", calibration_npz(name, spec)]
+        code, seconds, log = run(cmd)
+        (OUT / f"{name}.log").write_text(log)
+        report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+        results[name] = {"exit": code, "seconds": seconds, "report": report}
+        print(f"{name}: exit {code} in {seconds:.0f}s", flush=True)
+    return results
+
+
+def fmt_ms(lat: dict[str, Any] | None) -> str:
+    return "-" if not lat else f"{lat['p50']:.2f}"
+
+
+def models_markdown(results: dict[str, Any]) -> str:
+    lines = ["## Reference models: every target and precision", ""]
+    for name, res in results.items():
+        report = res["report"]
+        if report is None:
+            lines += [f"### {name}", "", f"convcli exited {res['exit']} without a report; see bench/out/{name}.log", ""]
+            continue
+        src = report["source"]
+        batches = list(src["latency_by_batch"])
+        lines += [f"### {name}", "",
+                  f"Source: PyTorch eager, {report['settings']['threads']} threads; converted and measured in "
+                  f"{res['seconds']:.0f} s (exit {res['exit']}). Fastest artifact that passed: "
+                  f"**{report['fastest_passed']}**.", ""]
+        head = ["artifact", "status"] + [f"p50 ms b={b}" for b in batches] + \
+            [f"speedup b={b}" for b in batches] + ["size", "max abs err", "cosine", "accuracy", "convert s"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        acc = f"{src['accuracy'] * 100:.2f}%" if src.get("accuracy") is not None else "-"
+        size = f"{src['size_bytes'] / 1e6:.2f} MB" if src.get("size_bytes") else "-"
+        lines.append("| " + " | ".join(["source (PyTorch)", "reference"]
+                                       + [fmt_ms(src["latency_by_batch"].get(b)) for b in batches]
+                                       + ["1.00x"] * len(batches) + [size, "-", "-", acc, "-"]) + " |")
+        step_seconds = {s["id"]: s["seconds"] for s in report["steps"]}
+        chains = {s["name"]: s for s in report["steps"]}
+        for a in report["artifacts"]:
+            lat = a.get("latency_by_batch") or {}
+            speed = []
+            for b in batches:
+                if b in lat and src["latency_by_batch"].get(b):
+                    speed.append(f"{src['latency_by_batch'][b]['p50'] / lat[b]['p50']:.2f}x")
+                else:
+                    speed.append("-")
+            p = a.get("parity") or {}
+            status = a["status"] + (" *" if a["id"] == report["fastest_passed"] else "")
+            if a["status"] in ("error", "unavailable") and a.get("error"):
+                status += f": {a['error'][:90]}"
+            acc = f"{a['accuracy'] * 100:.2f}%" if a.get("accuracy") is not None else "-"
+            conv = sum(step_seconds.get(s, 0) for s in _chain_ids(a, chains))
+            lines.append("| " + " | ".join(
+                [a["id"], status] + [fmt_ms(lat.get(b)) for b in batches] + speed
+                + [f"{a['size_bytes'] / 1e6:.2f} MB" if a.get("size_bytes") else "-",
+                   f"{p['max_abs_err']:.1e}" if p.get("max_abs_err") is not None else "-",
+                   f"{p['cosine_min']:.5f}" if p.get("cosine_min") is not None else "-", acc,
+                   f"{conv:.1f}" if conv else "-"]) + " |")
+        lines += ["", "Conversion time per step (s): " + ", ".join(
+            f"{s['id']} {s['name']}{' ' + json.dumps(s['options']) if s['options'].get('precision') else ''} "
+            f"{s['seconds']:.1f}" for s in report["steps"]), ""]
+        flags = [f"{a['id']}: {f}" for a in report["artifacts"] for f in a.get("flags", [])]
+        if flags:
+            lines += ["Flags: " + "; ".join(flags), ""]
+    return "\n".join(lines)
+
+
+def _chain_ids(artifact: dict[str, Any], steps: dict[str, Any]) -> list[str]:
+    names = artifact.get("chain", "").split(" -> ")[1:]
+    return [steps[n]["id"] for n in names if n in steps]
+
+
+# -- coverage -------------------------------------------------------------------------------------------
+
+FAMILIES = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet",
+            "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf",
+            "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_0", "swin_t", "vgg11", "vit_b_16",
+            "wide_resnet50_2"]
+
+
+def bench_coverage(models: list[str]) -> dict[str, Any]:
+    factory = ROOT / "bench" / "tv_factory.py"
+    results = {}
+    for name in models:
+        size = 299 if name == "inception_v3" else 224
+        out = OUT / "coverage" / name
+        code, seconds, log = run([*CONVCLI, "convert", f"{factory}:{name}", "--input",
+                                  f"x:batch=2x3x{size}x{size}:float32", "--to", "onnx,openvino,ncnn,tflite",
+                                  "-o", out, "--no-latency", "--samples", "4"], timeout=1800)
+        report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+        results[name] = {"exit": code, "seconds": seconds, "report": report,
+                         "log_tail": " | ".join(log.strip().splitlines()[-2:])[-300:]}
+        print(f"coverage {name}: exit {code} in {seconds:.0f}s", flush=True)
+    return results
+
+
+def coverage_markdown(results: dict[str, Any]) -> str:
+    fmts = ["onnx", "openvino", "ncnn", "tflite"]
+    lines = ["## Coverage: torchvision classifiers (one per family, random weights, heads re-initialised)", "",
+             "Each cell: passed (parity at fp32 tolerances vs PyTorch on 4 random 224x224 inputs), or the one-line "
+             "reason it did not.", "",
+             "| model | " + " | ".join(fmts) + " | seconds |", "|---|" + "---|" * (len(fmts) + 1)]
+    reasons = []
+    for name, res in results.items():
+        report = res["report"]
+        if report is None:
+            lines.append(f"| {name} | " + " | ".join(["no report"] * len(fmts)) + f" | {res['seconds']:.0f} |")
+            reasons.append(f"- {name}: exit {res['exit']}: {res['log_tail']}")
+            continue
+        rows = {a["format"]: a for a in report["artifacts"]}
+        cells = []
+        for f in fmts:
+            a = rows.get(f)
+            if a is None:
+                cells.append("-")
+            elif a["status"] == "passed":
+                cells.append(f"passed ({a['parity']['max_abs_err']:.0e})")
+            else:
+                why = a.get("error") or "; ".join(a.get("failures", []))
+                cells.append(a["status"])
+                reasons.append(f"- {name} / {f}: {why[:240]}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['seconds']:.0f} |")
+    passed = {f: sum(1 for r in results.values() if r["report"] and any(
+        a["format"] == f and a["status"] == "passed" for a in r["report"]["artifacts"])) for f in fmts}
+    lines += ["", "Passed: " + ", ".join(f"{f} {n}/{len(results)}" for f, n in passed.items()), "",
+              "Reasons for every cell that did not pass:", "", *reasons, ""]
+    return "\n".join(lines)
+
+
+# -- cache and overhead ---------------------------------------------------------------------------------
+
+def bench_cache(repeats: int = 3) -> dict[str, Any]:
+    """Whole-process wall time of `convcli run recipes/quickstart.yaml`: cold (empty cache) vs cached re-run."""
+    cold, warm = [], []
+    for i in range(repeats):
+        cache = tempfile.mkdtemp(prefix="convcli-cache-")
+        env = {**os.environ, "CONVCLI_CACHE_DIR": cache}
+        out = OUT / f"cache-{i}"
+        cmd = [*CONVCLI, "run", str(ROOT / "recipes/quickstart.yaml"), "-o", str(out)]
+        t0 = time.perf_counter()
+        first = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        warm.append(time.perf_counter() - t0)
+        print(f"cache run {i}: cold {cold[-1]:.1f}s (exit {first.returncode}), cached {warm[-1]:.1f}s "
+              f"(exit {second.returncode})", flush=True)
+    return {"cold": cold, "cached": warm}
+
+
+def bench_overhead(repeats: int = 3) -> dict[str, Any]:
+    """convcli convert --to onnx vs the same backends called directly (export, onnxslim, ORT check)."""
+    direct = ROOT / "bench" / "direct_onnx.py"
+    t_direct, t_cli = [], []
+    for _ in range(repeats):
+        code, seconds, log = run([sys.executable, direct])
+        assert code == 0, log
+        t_direct.append(seconds)
+        code, seconds, log = run([*CONVCLI, "convert", DIGITS, "--weights", ROOT / "recipes/models/digits_cnn.pt",
+                                  "--to", "onnx", "-o", OUT / "overhead", "--no-latency"])
+        assert code == 0, log
+        t_cli.append(seconds)
+    return {"direct": t_direct, "convcli": t_cli}
+
+
+def cache_markdown(res: dict[str, Any], over: dict[str, Any] | None) -> str:
+    cold, warm = statistics.median(res["cold"]), statistics.median(res["cached"])
+    lines = ["## Cache: cold run vs cached re-run of recipes/quickstart.yaml", "",
+             "Whole-process wall time of `convcli run recipes/quickstart.yaml` (every target and precision of the "
+             "digits CNN, JSON/Markdown/HTML/JUnit reports), empty cache then the same command again.", "",
+             "| run | median s | runs (s) |", "|---|---|---|",
+             f"| cold | {cold:.1f} | {', '.join(f'{x:.1f}' for x in res['cold'])} |",
+             f"| cached | {warm:.1f} | {', '.join(f'{x:.1f}' for x in res['cached'])} |", "",
+             f"Cached re-run: **{cold / warm:.1f}x faster** (median over median).", ""]
+    if over:
+        d, c = statistics.median(over["direct"]), statistics.median(over["convcli"])
+        lines += ["## convcli overhead over calling the backends directly", "",
+                  "Digits CNN to ONNX: `bench/direct_onnx.py` (torch.onnx.export dynamo + onnxslim + one ONNX Runtime "
+                  "check, no report) vs `convcli convert ... --to onnx --no-latency` (the same, plus the dynamic-size "
+                  "check, parity on 16 samples, accuracy-free report, manifest), whole process, empty cache.", "",
+                  "| | median s | runs (s) |", "|---|---|---|",
+                  f"| direct | {d:.1f} | {', '.join(f'{x:.1f}' for x in over['direct'])} |",
+                  f"| convcli | {c:.1f} | {', '.join(f'{x:.1f}' for x in over['convcli'])} |", "",
+                  f"Overhead: {c - d:+.1f} s ({(c / d - 1) * 100:+.0f}%).", ""]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
+        flags = next(ln for ln in text.splitlines() if ln.startswith("flags"))
+        wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
+                  if f" {f}" in flags]
+    except (OSError, StopIteration):
+        model, wanted = platform.processor(), []
+    flags_text = ", ".join(wanted) or "n/a"
+    return f"{model}, {os.cpu_count()} cores, CPU flags: {flags_text}; Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["models", "coverage", "cache", "overhead"], action="append")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--coverage-models", default=",".join(FAMILIES))
+    args = parser.parse_args()
+    sections = args.only or ["models", "coverage", "cache", "overhead"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    state_path = OUT / "results.json"
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if "models" in sections:
+        state["models"] = {**state.get("models", {}), **bench_models(args.models.split(","))}
+    if "coverage" in sections:
+        state["coverage"] = {**state.get("coverage", {}), **bench_coverage(args.coverage_models.split(","))}
+    if "cache" in sections:
+        state["cache"] = bench_cache()
+    if "overhead" in sections:
+        state["overhead"] = bench_overhead()
+    state["machine"] = machine()
+    state_path.write_text(json.dumps(state, indent=1))
+    parts = ["# Benchmarks", "",
+             f"Measured with `make bench` (`bench/run_bench.py`) on {state['machine']}. This machine is shared and "
+             "noisy: read ratios measured side by side in one run, not absolute numbers. Random weights for the "
+             "torchvision and transformer models (parity and latency only); the digits CNN is trained (accuracy on "
+             "its 360-image validation split). `*` marks the fastest artifact that passed its checks.", ""]
+    if "models" in state:
+        parts.append(models_markdown(state["models"]))
+    if "cache" in state:
+        parts.append(cache_markdown(state["cache"], state.get("overhead")))
+    if "coverage" in state:
+        parts.append(coverage_markdown(state["coverage"]))
+    DOC.write_text("\n".join(parts) + "\n")
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
