@@ -1,0 +1,325 @@
+"""ONNX -> TFLite (LiteRT flatbuffer) through onnx2tf, run in a child process.
+
+onnx2tf imports TensorFlow (seconds of start-up, gigabytes of libraries, and crashes we cannot catch), so
+it never runs in the convcli process: ``run_python`` starts a child with a timeout, and a crash, hang or
+error becomes this target's one-line ConversionError. What the child needs and why:
+
+* **Static shapes.** onnx2tf fixes the batch to 1 and fails on dynamic transformer shapes. Its own fix
+  (``-ois``) only rewrites the graph inputs and relies on the ``onnxsim`` program to propagate them; that
+  program is not installed here (and onnxsim 0.8 makes network lookups). So convcli fixes the shapes
+  itself with onnxslim (``input_shapes``): a dynamic batch becomes 1, every other dynamic dimension its
+  example size (give another size with ``--input``), recorded in ``details["fixed shapes"]``; onnx2tf
+  then runs with ``not_use_onnxsim``.
+* **No download.** For any image-like input (4-D, 3 channels, batch <= 20) onnx2tf fetches a sample file
+  from GitHub unless ``calibration_image_sample_data_20x128x128x3_float32.npy`` is in its working folder.
+  convcli always writes that file there (from the calibration images when they are 3-channel, else seeded
+  random data), and the child also blocks non-local DNS look-ups and connections, so an unexpected
+  download attempt fails loudly instead of leaving the machine.
+* **Layouts.** onnx2tf turns channel-first inputs and outputs into channel-last ones (unless
+  ``keep_nchw``, onnx2tf's ``-kat``, keeps the inputs as they are). Which tensor ended up in which layout
+  is read from the shapes and, where shapes cannot tell (e.g. 1x3x3x3), from running the TFLite model
+  against ONNX Runtime on seeded data; the result is ``artifact.layout`` / ``artifact.output_layout``,
+  which the LiteRT runner uses to map tensors back, and the check's error is in ``details``.
+
+onnx2tf writes float32 and float16 files in one run; ``precision`` picks the one shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from convcli.core.artifact import Artifact
+from convcli.core.errors import ConversionError, first_line
+from convcli.core.isolation import run_python
+from convcli.core.lazy import package_version, require
+from convcli.core.registry import Registry
+from convcli.core.step import Converter, StepContext
+from convcli.core.tensors import Dim, TensorSpec
+from convcli.parity.data import DataSet, random_data
+from convcli.runners.tflite_runner import (
+    CHANNEL_FIRST,
+    TfliteSession,
+    is_channel_last,
+    layout_candidates,
+    native_stderr,
+)
+
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+SAMPLE_SHAPE = (20, 128, 128, 3)
+CHECK_SAMPLES = 2
+MAX_LAYOUT_COMBOS = 64
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MARK = "CONVCLI_CHILD_ERROR:"
+
+# The child: block non-local network use, then run onnx2tf.convert with the JSON keyword arguments.
+_CHILD = r'''
+import json, socket, sys
+
+def _local(host):
+    if isinstance(host, bytes):
+        host = host.decode()
+    return host in (None, "", "localhost", "127.0.0.1", "::1")
+
+_getaddrinfo = socket.getaddrinfo
+_connect = socket.socket.connect
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if not _local(host):
+        raise OSError(f"convcli blocks network access in the onnx2tf child (lookup of {host})")
+    return _getaddrinfo(host, *args, **kwargs)
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+        raise OSError(f"convcli blocks network access in the onnx2tf child (connect to {address[0]})")
+    return _connect(self, address)
+
+socket.getaddrinfo = _guarded_getaddrinfo
+socket.socket.connect = _guarded_connect
+kwargs = json.loads(__KWARGS__)
+try:
+    import onnx2tf
+    onnx2tf.convert(**kwargs)
+except SystemExit as exc:
+    if exc.code not in (0, None):
+        print(f"__MARK__ onnx2tf exited with status {exc.code}", file=sys.stderr, flush=True)
+    raise
+except BaseException as exc:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    print("__MARK__ " + type(exc).__name__ + ": " + " / ".join(lines[:2])[:400], file=sys.stderr, flush=True)
+    sys.exit(1)
+'''
+
+
+class TfliteOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    precision: Literal["fp32", "fp16"] = Field(
+        default="fp32", description="Which onnx2tf file to ship: float32, or float16 weights (float32 I/O). "
+                                    "Set by the target's precision (--to tflite:fp16).")
+    timeout_s: float = Field(default=600.0, gt=0, description="Seconds onnx2tf may run before it is stopped.")
+    keep_nchw: bool = Field(default=False, description="Keep the inputs' channel-first layout (onnx2tf -kat); "
+                                                       "default: onnx2tf's channel-last (NHWC) inputs.")
+
+
+def fixed_specs(specs: list[TensorSpec]) -> tuple[list[TensorSpec], dict[str, dict[str, int]]]:
+    """Static input specs for onnx2tf: a dynamic batch (dim 0) becomes 1, any other dynamic dim its example
+    size. Also returns, per input, what was fixed ({dim name: size})."""
+    fixed: list[TensorSpec] = []
+    what: dict[str, dict[str, int]] = {}
+    for s in specs:
+        dims = []
+        for i, d in enumerate(s.shape):
+            size = 1 if (i == 0 and d.dynamic) else d.size
+            if d.name:
+                what.setdefault(s.name, {})[d.name] = size
+            dims.append(Dim(size=size))
+        fixed.append(s.model_copy(update={"shape": dims}))
+    return fixed, what
+
+
+def sample_images(specs: list[TensorSpec], calibration: DataSet | None) -> tuple[np.ndarray, str]:
+    """The 20x128x128x3 float32 array onnx2tf otherwise downloads: the calibration images of a 3-channel
+    image input (resized by nearest neighbour, NHWC, repeated to 20), else seeded uniform [0, 1) data."""
+    if calibration is not None:
+        for s in specs:
+            arr = calibration.inputs.get(s.name)
+            if arr is None or arr.ndim != 4 or not np.issubdtype(arr.dtype, np.floating) or len(arr) == 0:
+                continue
+            if arr.shape[1] == 3:
+                nhwc = arr.transpose(0, 2, 3, 1)
+            elif arr.shape[3] == 3:
+                nhwc = arr
+            else:
+                continue
+            ys = np.arange(128) * nhwc.shape[1] // 128
+            xs = np.arange(128) * nhwc.shape[2] // 128
+            img = nhwc[:, ys][:, :, xs]
+            img = np.concatenate([img] * -(-20 // len(img)))[:20]
+            return np.ascontiguousarray(img, dtype=np.float32), f"calibration data ({s.name})"
+    rng = np.random.default_rng(0)
+    return rng.random(SAMPLE_SHAPE, dtype=np.float32), "seeded random (seed 0)"
+
+
+def _failure(output: str) -> tuple[str | None, str]:
+    """From the child's log: the ONNX node onnx2tf names (if any) and its exception (or exit status)."""
+    lines = [_ANSI.sub("", ln).strip() for ln in output.splitlines()]
+    lines = [ln for ln in lines if ln]
+    node = next((ln.split("onnx_op_name:", 1)[1].strip() for ln in lines if "onnx_op_name:" in ln), None)
+    marks = [ln.removeprefix(_MARK).strip() for ln in lines if ln.startswith(_MARK)]
+    errors = [ln.removeprefix("ERROR:").strip() for ln in lines if ln.startswith("ERROR:")
+              and "trace log" not in ln and "onnx_op_name" not in ln and "input_onnx_file_path" not in ln]
+    reason = marks[-1] if marks else (errors[0] if errors else " | ".join(lines[-3:]))
+    return node, reason[:400]
+
+
+def _fix_shapes(path: Path, fixed: list[TensorSpec], out: Path) -> None:
+    """Rewrite the inputs to static shapes and propagate them (what onnx2tf's -ois expects onnxsim to do)."""
+    onnx = require("onnx")
+    onnxslim = require("onnxslim", "fixing ONNX input shapes for onnx2tf")
+    shapes = [f"{s.name}:{','.join(str(d.size) for d in s.shape)}" for s in fixed if s.shape]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = onnxslim.slim(str(path), input_shapes=shapes or None)
+    except Exception as exc:
+        raise ConversionError(f"fixing the input shapes ({' '.join(shapes)}) of {path.name} with onnxslim "
+                              f"failed: {first_line(exc)}") from None
+    large = model.ByteSize() > 2 * 1024**3 - 1
+    onnx.save(model, str(out), save_as_external_data=large)
+
+
+def _ort_outputs(path: Path, data: DataSet, batch: int, threads: int) -> tuple[list[str], list[np.ndarray]]:
+    from convcli.runners.onnxruntime_runner import ort_session
+
+    session: Any = ort_session(str(path), threads)
+    names = [o.name for o in session.get_outputs()]
+    parts = [session.run(None, feed) for feed in data.batches(batch)]
+    return names, [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+
+
+def _as_layout(arr: np.ndarray, layout: str) -> np.ndarray:
+    """A raw TFLite output read back into the source's layout under the candidate ``layout``."""
+    return np.transpose(arr, (0, arr.ndim - 1, *range(1, arr.ndim - 1))) if is_channel_last(layout) else arr
+
+
+def _max_err(ref: np.ndarray, got: np.ndarray) -> float:
+    if ref.shape != got.shape:
+        return float("inf")
+    return float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
+
+
+def resolve_layouts(tflite: Artifact, onnx_path: Path, fixed: list[TensorSpec], threads: int,
+                    keep_nchw: bool) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
+    """Which layout each input and output has in the TFLite file, and how far it is from ONNX Runtime.
+
+    Shapes decide where only one layout fits; otherwise every combination of input layouts is run on
+    seeded data and each output takes the layout closest to ONNX Runtime's output.
+    """
+    batch = fixed[0].shape[0].size if fixed and fixed[0].shape else 1
+    data = random_data(fixed, CHECK_SAMPLES * batch, seed=3)
+    names, ref = _ort_outputs(onnx_path, data, batch, threads)
+    probe = TfliteSession(tflite, threads)
+    in_choices: dict[str, list[str]] = {}
+    for s in fixed:
+        det = probe.in_map[s.name]
+        found = layout_candidates(s.example_shape(), det["shape"])
+        if not found:
+            raise ConversionError(f"TFLite input {s.name} has shape {tuple(int(d) for d in det['shape'])}, "
+                                  f"neither the ONNX shape {s.example_shape()} nor its channel-last form")
+        if keep_nchw and CHANNEL_FIRST.get(len(s.shape)) in found:
+            found = [CHANNEL_FIRST[len(s.shape)]]
+        in_choices[s.name] = found
+    out_choices: dict[str, list[str]] = {}
+    for name, r in zip(names, ref, strict=True):
+        det = probe.out_map[name]
+        found = layout_candidates(r.shape, det["shape"])
+        if not found:
+            raise ConversionError(f"TFLite output {name} has shape {tuple(int(d) for d in det['shape'])}, "
+                                  f"neither the ONNX shape {tuple(r.shape)} (batch {batch}) nor its channel-last form")
+        out_choices[name] = found
+    probe.close()
+    combos = list(itertools.islice(itertools.product(*in_choices.values()), MAX_LAYOUT_COMBOS))
+    best: tuple[float, dict[str, str], dict[str, str], dict[str, float], dict[str, str]] | None = None
+    for combo in combos:
+        layouts = dict(zip(in_choices, combo, strict=True))
+        session = TfliteSession(tflite, threads, input_layouts=layouts, output_layouts={})
+        raw = [session.run(feed) for feed in data.batches(batch)]
+        got = [np.concatenate([r[i] for r in raw]) for i in range(len(names))]
+        matched = session.matched_by
+        session.close()
+        out_layouts, errs = {}, {}
+        for name, r, g in zip(names, ref, got, strict=True):
+            err, layout = min((_max_err(r, _as_layout(g, lay)), lay) for lay in out_choices[name])
+            out_layouts[name], errs[name] = layout, err
+        total = max(errs.values(), default=0.0)
+        if best is None or total < best[0]:
+            best = (total, layouts, out_layouts, errs, matched)
+    assert best is not None
+    total, layouts, out_layouts, errs, matched = best
+    ambiguous = [n for n, c in {**in_choices, **out_choices}.items() if len(c) > 1]
+    check = {"samples": len(data), "max_abs_err": total, "outputs": errs, "matched_by": matched,
+             "decided_by_numbers": ambiguous}
+    keep = {n: lay for n, lay in layouts.items() if lay != "same"}
+    keep_out = {n: lay for n, lay in out_layouts.items() if lay != "same"}
+    return keep, keep_out, check
+
+
+def _op_histogram(path: Path) -> dict[str, int]:
+    try:
+        litert = require("ai_edge_litert.interpreter")
+        with native_stderr():
+            ops = litert.Interpreter(model_path=str(path))._get_ops_details()
+    except Exception:
+        return {}
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+class TfliteFromOnnx(Converter):
+    """ONNX -> .tflite with onnx2tf in a child process; static shapes, layouts recorded, checked vs ORT."""
+
+    name = "TfliteFromOnnx"
+    source = "onnx"
+    target = "tflite"
+    summary = "onnx2tf (child process) with static shapes, NHWC layout recorded, checked against ORT"
+    requires = ("onnx", "onnxslim", "onnxruntime", "onnx2tf", "tensorflow", "tf_keras", "onnx_graphsurgeon",
+                "ai_edge_litert")
+    precisions = ("fp32", "fp16")
+    Options = TfliteOptions
+    uses_calibration = True  # the sample images onnx2tf checks its conversion with come from calibration data
+
+    def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
+        opts: TfliteOptions = self.options  # type: ignore[assignment]
+        assert artifact.path is not None
+        fixed, what = fixed_specs(artifact.inputs)
+        child_dir = ctx.workdir / "onnx2tf"
+        child_dir.mkdir(parents=True, exist_ok=True)
+        static = child_dir / "model.onnx"  # onnx2tf names its files after this one: model_float32.tflite
+        _fix_shapes(artifact.path, fixed, static)
+        images, images_from = sample_images(artifact.inputs, ctx.calibration)
+        np.save(child_dir / SAMPLE_FILE, images)
+        out_dir = child_dir / "out"
+        kwargs: dict[str, Any] = {"input_onnx_file_path": str(static), "output_folder_path": str(out_dir),
+                                  "not_use_onnxsim": True, "non_verbose": True}
+        if opts.keep_nchw:
+            kwargs["keep_shape_absolutely_input_names"] = [s.name for s in fixed]
+        code = _CHILD.replace("__KWARGS__", repr(json.dumps(kwargs))).replace("__MARK__", _MARK)
+        proc = run_python(code, "onnx2tf", cwd=child_dir, timeout_s=opts.timeout_s, check=False,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"})
+        log = proc.stdout + "\n" + proc.stderr
+        (ctx.workdir / "onnx2tf.log").write_text(log)
+        produced = out_dir / f"model_{'float16' if opts.precision == 'fp16' else 'float32'}.tflite"
+        if proc.returncode != 0:
+            node, reason = _failure(log)
+            where = f" at ONNX node {node}" if node else ""
+            raise ConversionError(f"onnx2tf failed{where} (exit {proc.returncode}): {reason}",
+                                  hint="an onnx2tf limitation for this model; try -O tflite.keep_nchw=true "
+                                       "or another --opset")
+        if not produced.is_file():
+            raise ConversionError(f"onnx2tf exited without writing {produced.name}: {_failure(log)[1]}")
+        final = ctx.workdir / "model.tflite"
+        shutil.copyfile(produced, final)
+        tflite = Artifact(format="tflite", path=final, inputs=fixed, output_names=list(artifact.output_names),
+                          precision=opts.precision, files=[final])
+        layouts, out_layouts, check = resolve_layouts(tflite, artifact.path, fixed, ctx.threads, opts.keep_nchw)
+        details = {
+            "onnx2tf": package_version("onnx2tf"), "precision": opts.precision,
+            "fixed shapes": what, "input_shapes": {s.name: list(s.example_shape()) for s in fixed},
+            "input_layout": layouts, "output_layout": out_layouts, "keep_nchw": opts.keep_nchw,
+            "onnx2tf_sample_images": images_from, "check_vs_onnx": check, "ops": _op_histogram(final),
+        }
+        return tflite.derive(layout=layouts, output_layout=out_layouts, details=details)
+
+
+def register(registry: Registry) -> None:
+    registry.add_step(TfliteFromOnnx)

@@ -1,0 +1,231 @@
+"""LiteRT (ai-edge-litert) runner for .tflite files, mapping tensors back to the source's names and layout.
+
+onnx2tf renames and reorders tensors and turns channel-first tensors (NCW/NCHW/NCDHW) into channel-last
+ones, with the batch fixed (to 1 for a dynamic batch). Parity must compare like with like, so a session:
+
+* matches each source input to a TFLite input by name first (the SignatureDef keys, which onnx2tf sets to
+  the ONNX names, else the tensor name without ``serving_default_`` and ``:0``), then by shape (the
+  source's example shape in either layout, batch ignored) when exactly one unmatched input fits, then by
+  the order of what is left; outputs the same way, minus the shape step (the source's output shapes are
+  not recorded), so by name, then order;
+* transposes inputs whose artifact layout is channel-last, and outputs back to channel-first when
+  ``artifact.output_layout`` says so. Where an artifact states no layout for an input (a .tflite given to
+  ``convcli check``), it is inferred from the shapes when only one layout fits;
+* declares ``fixed_batch`` so larger feeds are run one fixed-size batch at a time.
+
+LiteRT is the standalone interpreter package: it does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from convcli.core.artifact import Artifact
+from convcli.core.errors import ConversionError
+from convcli.core.lazy import package_version, require
+from convcli.core.registry import Registry
+from convcli.core.runner import Runner, Session
+
+CHANNEL_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
+CHANNEL_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
+
+
+def to_channel_last(shape: Sequence[int]) -> tuple[int, ...]:
+    """(N, C, *spatial) -> (N, *spatial, C)."""
+    return (shape[0], *shape[2:], shape[1])
+
+
+def is_channel_last(layout: str | None) -> bool:
+    return layout in CHANNEL_LAST.values()
+
+
+def layout_candidates(source_shape: Sequence[int], tflite_shape: Sequence[int]) -> list[str]:
+    """The layouts (source's own, channel-last) under which ``source_shape`` becomes ``tflite_shape``.
+
+    The batch dimension is ignored (the TFLite model fixes it); an empty list means neither fits, two
+    entries mean the shapes cannot tell (e.g. 1x3x3x3).
+    """
+    src, tfl = tuple(source_shape), tuple(int(d) for d in tflite_shape)
+    if len(src) != len(tfl):
+        return []
+    found = []
+    if src[1:] == tfl[1:]:
+        found.append(CHANNEL_FIRST.get(len(src), "same"))
+    if len(src) in CHANNEL_LAST and to_channel_last(src)[1:] == tfl[1:]:
+        found.append(CHANNEL_LAST[len(src)])
+    return found
+
+
+def _clean(name: str) -> str:
+    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
+
+
+def _match(wanted: list[str], details: list[dict[str, Any]], hints: list[str],
+           fits: dict[str, list[int]] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Source name -> TFLite tensor details: by name, then by a unique fitting shape, then by order.
+
+    Returns the mapping and how each name was matched ("name", "shape", "order").
+    """
+    mapping: dict[str, dict[str, Any]] = {}
+    how: dict[str, str] = {}
+    free = list(range(len(details)))
+    for name in wanted:
+        hit = next((i for i in free if hints[i] == name), None)
+        if hit is not None:
+            mapping[name], how[name] = details[hit], "name"
+            free.remove(hit)
+    if fits:
+        for name in wanted:
+            if name in mapping:
+                continue
+            fitting = [i for i in free if i in fits.get(name, [])]
+            others = [n for n in wanted if n != name and n not in mapping]
+            if len(fitting) == 1 and not any(fitting[0] in fits.get(n, []) for n in others):
+                mapping[name], how[name] = details[fitting[0]], "shape"
+                free.remove(fitting[0])
+    for name in wanted:
+        if name not in mapping and free:
+            mapping[name], how[name] = details[free.pop(0)], "order"
+    return mapping, how
+
+
+def interpreter_tensors(interpreter: Any) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]], list[str]]:
+    """Input and output tensor details with a name hint each: the SignatureDef key where there is one
+    signature (onnx2tf writes the ONNX names there), else the tensor name without TF's decorations."""
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    in_hint = {d["index"]: _clean(d["name"]) for d in inputs}
+    out_hint = {d["index"]: _clean(d["name"]) for d in outputs}
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        in_hint.update({d["index"]: key for key, d in runner.get_input_details().items()})
+        out_hint.update({d["index"]: key for key, d in runner.get_output_details().items()})
+    # Outputs in signature order (onnx2tf keeps the ONNX output order there, not in the tensor list).
+    if len(signatures) == 1:
+        order = list(signatures.values())[0].get("outputs", [])
+        outputs = sorted(outputs, key=lambda d: order.index(out_hint[d["index"]])
+                         if out_hint[d["index"]] in order else len(order))
+    return inputs, [in_hint[d["index"]] for d in inputs], outputs, [out_hint[d["index"]] for d in outputs]
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[io.StringIO]:
+    """Capture what LiteRT's C++ code writes to file descriptor 2 while a model loads. Its INFO line
+    ("Created TensorFlow Lite XNNPACK delegate") would break the CLI's table; its error lines (e.g. about
+    Flex ops) are the only explanation of a failed load, so they are kept for the error message."""
+    said = io.StringIO()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.write(sink.read().decode(errors="replace"))
+            said.seek(0)
+
+
+class TfliteSession(Session):
+    """One LiteRT interpreter. ``input_layouts``/``output_layouts`` override the artifact's (the converter
+    uses them to try the layouts that shapes alone cannot tell apart)."""
+
+    def __init__(self, artifact: Artifact, threads: int, input_layouts: dict[str, str] | None = None,
+                 output_layouts: dict[str, str] | None = None) -> None:
+        litert = require("ai_edge_litert.interpreter", "running TFLite models")
+        assert artifact.path is not None
+        with native_stderr() as said:
+            try:
+                self.interpreter = litert.Interpreter(model_path=str(artifact.path), num_threads=threads)
+                self.interpreter.allocate_tensors()
+                failure = None
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            native = " ".join(said.read().split())
+            raise ConversionError(f"LiteRT cannot load {artifact.path.name}: "
+                                  f"{' '.join(str(failure).split())[:240]} {native[:240]}".strip(),
+                                  hint="a model needing TF Select (Flex) ops does not run in plain LiteRT")
+        inputs, in_hints, outputs, out_hints = interpreter_tensors(self.interpreter)
+        specs = {s.name: s.example_shape() for s in artifact.inputs}
+        fits = {name: [i for i, d in enumerate(inputs) if layout_candidates(shape, d["shape"])]
+                for name, shape in specs.items()}
+        self.in_map, self.matched_by = _match(list(specs), inputs, in_hints, fits)
+        unmatched = [d["name"] for d in inputs if all(d is not m for m in self.in_map.values())]
+        if unmatched:
+            raise ConversionError(f"TFLite input(s) {', '.join(unmatched)} match no source input "
+                                  f"({', '.join(specs)})")
+        names = artifact.output_names or [f"output_{i}" for i in range(len(outputs))]
+        self.out_map, out_how = _match(names, outputs, out_hints)
+        self.matched_by.update({f"output {k}": v for k, v in out_how.items()})
+        missing = [n for n in names if n not in self.out_map]
+        if missing:
+            raise ConversionError(f"TFLite model has {len(outputs)} output(s); the source's {', '.join(missing)} "
+                                  "has none to map to")
+        self.output_names = names
+        self.layouts: dict[str, str] = {}
+        given = {**artifact.layout, **(input_layouts or {})}
+        for name, det in self.in_map.items():
+            found = layout_candidates(specs[name], det["shape"])
+            # Where shapes cannot tell (two candidates), the source's own layout (listed first) is assumed.
+            layout = given.get(name, found[0] if found else None)
+            if layout is not None and layout != "same":
+                self.layouts[name] = layout
+        self.output_layouts = {**artifact.output_layout, **(output_layouts or {})}
+        first = next(iter(self.in_map.values()), None)
+        shape = first["shape"] if first is not None else []
+        self.fixed_batch = int(shape[0]) if len(shape) else None
+        layout_text = ", ".join(f"{n}:{lay}" for n, lay in self.layouts.items()) or "as the source"
+        self.description = (f"LiteRT {package_version('ai_edge_litert')} CPU, {threads} threads, "
+                            f"input layout {layout_text}")
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = set(self.in_map) - set(feed)
+        if missing:
+            raise ConversionError(f"TFLite model needs input(s) {', '.join(sorted(missing))} the feed lacks")
+        for name, det in self.in_map.items():
+            arr = feed[name]
+            if is_channel_last(self.layouts.get(name)):
+                arr = np.transpose(arr, (0, *range(2, arr.ndim), 1))
+            arr = np.ascontiguousarray(arr.astype(det["dtype"], copy=False))
+            if arr.shape != tuple(det["shape"]):
+                raise ConversionError(
+                    f"TFLite input {name} is fixed to shape {tuple(int(d) for d in det['shape'])} "
+                    f"({self.layouts.get(name, 'source layout')}); got {arr.shape}",
+                    hint="the TFLite model has static shapes: feed the example sizes it was converted at")
+            self.interpreter.set_tensor(det["index"], arr)
+        self.interpreter.invoke()
+        results = []
+        for name in self.output_names:
+            out = self.interpreter.get_tensor(self.out_map[name]["index"])
+            if is_channel_last(self.output_layouts.get(name)):
+                out = np.transpose(out, (0, out.ndim - 1, *range(1, out.ndim - 1)))
+            results.append(out.astype(np.float32) if out.dtype == np.float16 else np.ascontiguousarray(out))
+        return results
+
+    def close(self) -> None:
+        self.interpreter = None
+
+
+class LiteRtRunner(Runner):
+    name = "litert"
+    formats = ("tflite",)
+    requires = ("ai_edge_litert",)
+
+    def load(self, artifact: Artifact, threads: int) -> Session:
+        return TfliteSession(artifact, threads)
+
+
+def register(registry: Registry) -> None:
+    registry.add_runner(LiteRtRunner)
