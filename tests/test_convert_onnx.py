@@ -102,3 +102,18 @@ def test_onnx_source_reads_inputs_from_the_file(cli, catalogue, tmp_path: Path) 
     report = res.report(out)
     assert report["source"]["format"] == "onnx"
     assert report["source"]["inputs"] == ["x:batch=2x3x8x8:float32"]
+
+
+def test_onnx_source_with_a_static_batch_of_one(cli, tmp_path: Path) -> None:
+    import torch
+
+    from tests.models.small import two_outputs
+
+    path = tmp_path / "static.onnx"
+    torch.onnx.export(two_outputs(), (torch.rand(1, 3, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["feat", "logits"])
+    res = cli("convert", path, "--to", "onnx", "-o", tmp_path / "o", "--runs", "3")
+    assert res.exit_code == 0, res.output
+    report = res.report(tmp_path / "o")
+    assert report["source"]["inputs"] == ["x:1x3x8x8:float32"]
+    assert report["artifacts"][0]["latency_ms"]["batch"] == 1
