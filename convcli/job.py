@@ -523,18 +523,22 @@ def _headline(latency: dict[int, Any]) -> Any:
     return next(iter(latency.values())) if latency else None
 
 
+SLOWER_MARGIN = 1.10  # latency differences under 10% are noise on a shared machine, not a finding
+
+
 def _flag_speed(rows: list[ArtifactReport]) -> None:
-    """Flag 'optimized' artifacts that are slower: than the source, or than a higher-precision sibling."""
+    """Flag 'optimized' artifacts that are slower: than the source, or than a higher-precision sibling of the
+    same format (int8 slower than fp32 is the classic). Only differences above SLOWER_MARGIN count."""
     order = {"fp32": 0, "fp16": 1, "int8": 2}
     for row in rows:
         if row.latency_ms is None:
             continue
-        if row.speedup_vs_source is not None and row.speedup_vs_source < 1.0:
+        if row.speedup_vs_source is not None and row.speedup_vs_source * SLOWER_MARGIN < 1.0:
             row.flags.append(f"slower than the source ({row.speedup_vs_source:.2f}x)")
         for other in rows:
             if (other is not row and other.format == row.format and other.latency_ms is not None
                     and order.get(other.precision, 0) < order.get(row.precision, 0)
-                    and other.latency_ms.p50 < row.latency_ms.p50):
+                    and other.latency_ms.p50 * SLOWER_MARGIN < row.latency_ms.p50):
                 row.flags.append(f"slower than {other.id} ({row.latency_ms.p50:.2f} vs {other.latency_ms.p50:.2f} ms)")
 
 
