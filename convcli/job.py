@@ -80,15 +80,29 @@ class LazySource:
         self.registry, self.spec, self.cache, self.key = registry, spec, cache, key
         self.loader = find_loader(registry, spec)
         self._artifact: Artifact | None = None
+        self.original: Artifact | None = None  # the model before pruning, when the job prunes
 
     def get(self) -> Artifact:
         if self._artifact is None:
-            self._artifact = self.loader().load(
+            loaded = self.loader().load(
                 SourceRequest(self.spec.source.model, self.spec.source.input_specs(), self.spec.source.weights))
+            self._artifact = self._pruned(loaded) if self.spec.prune is not None else loaded
             self.cache.store_json("source", self.key, {
                 "inputs": [s.model_dump() for s in self._artifact.inputs],
                 "outputs": self._artifact.output_names, "format": self._artifact.format})
         return self._artifact
+
+    def _pruned(self, loaded: Artifact) -> Artifact:
+        """Prune the source (recipe key ``prune``); the original is kept for the before/after comparison."""
+        from convcli.passes.prune_pytorch import PrunePytorch
+
+        if loaded.format != "pytorch":
+            raise InputError(f"prune: needs a PyTorch factory source, not a {loaded.format} file")
+        self.original = loaded
+        d = self.spec.data
+        train = load_images(d.train, loaded.inputs, d.preprocess) if d.train is not None else None
+        ctx = StepContext(workdir=Path(tempfile.gettempdir()))
+        return PrunePytorch(self.spec.prune).run(loaded, ctx, train=train)
 
     def signature(self) -> tuple[list[TensorSpec], list[str]]:
         cached = self.cache.load_json("source", self.key)
@@ -219,6 +233,8 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         if p is not None and not Path(p).exists():
             raise InputError(f"data path {p} does not exist")
     src_key = source_key(spec, loader)
+    if spec.prune is not None:
+        src_key = make_key(src_key, "prune", spec.prune.model_dump(), _file_digest(spec.data.train))
     source = LazySource(registry, spec, cache, src_key)
     inputs, outputs = source.signature()
     threads = spec.latency.threads or os.cpu_count() or 1
@@ -372,14 +388,33 @@ class Evaluation:
         params = None
         if artifact.obj is not None and hasattr(artifact.obj, "parameters"):
             params = int(sum(p.numel() for p in artifact.obj.parameters()))
+        pruning = self.pruning_summary(ref, artifact) if self.source.original is not None else None
         report = SourceReport(
-            spec=self.spec.source.model, format=artifact.format, inputs=[s.text() for s in artifact.inputs],
+            pruning=pruning, spec=self.spec.source.model, format=artifact.format,
+            inputs=[s.text() for s in artifact.inputs],
             outputs=artifact.output_names, runner=ref.runner, accuracy=ref.accuracy, size_bytes=size,
             accuracy_samples=len(labelled) if (labelled := self.data.get().labelled) is not None else None,
             params=params, latency_ms=_headline(ref.latency),
             latency_by_batch={str(b): s for b, s in ref.latency.items()})
         self.cache.store_json("measure", key, report.model_dump(mode="json"))
         return report
+
+    def pruning_summary(self, ref: Measurement, pruned: Artifact) -> dict[str, Any]:
+        """Parameters, MACs, weight size, latency and accuracy before and after pruning, measured side by side."""
+        assert self.source.original is not None
+        data = self.data.get()
+        self._begin("run unpruned source")
+        before = measure_model(self.registry, self.source.original, data.parity, data.labelled, self.settings)
+        self._end("run unpruned source", True)
+        info = dict(pruned.details.get("prune", {}))
+        head_before, head_after = _headline(before.latency), _headline(ref.latency)
+        info["before"] = {"params": info.get("params_before"), "macs": info.get("macs_before"),
+                          "state_dict_bytes": info.get("state_dict_bytes_before"), "accuracy": before.accuracy,
+                          "latency_ms": head_before.model_dump() if head_before else None}
+        info["after"] = {"params": info.get("params_after"), "macs": info.get("macs_after"),
+                         "state_dict_bytes": info.get("state_dict_bytes_after"), "accuracy": ref.accuracy,
+                         "latency_ms": head_after.model_dump() if head_after else None}
+        return info
 
     def measure_entry(self, entry: Entry) -> ArtifactReport:
         """The row with measurements only (status passed/error/unavailable; gates not applied yet)."""

@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "convcli.converters.torch_to_onnx",
     "convcli.converters.onnx_to_tensorrt",
     "convcli.passes.simplify_onnx",
+    "convcli.passes.prune_pytorch",
     "convcli.runners.torch_runner",
     "convcli.runners.onnxruntime_runner",
     "convcli.converters.onnx_to_tflite", "convcli.runners.tflite_runner",

@@ -119,7 +119,7 @@ def _build_job(registry: Registry, model: str, to: str, inputs: list[str] | None
     )
 
 
-JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir")
+JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune")
 
 
 def echo_command() -> str:

@@ -29,6 +29,9 @@ def convert(
     data: Path = typer.Option(None, "--data", help="Parity inputs: .npy/.npz or an image folder (default: random)."),
     validation: Path = typer.Option(None, "--validation", help="Labelled images (class folders or CSV) for accuracy."),
     calibration: Path = typer.Option(None, "--calibration", help="Calibration data for INT8 steps."),
+    prune: str = typer.Option(None, "--prune", help="Prune before export: structured:RATIO or unstructured:RATIO."),
+    train: Path = typer.Option(None, "--train", help="Labelled images for recovery fine-tuning after pruning."),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Recovery fine-tuning epochs (needs --train)."),
     samples: int = typer.Option(None, "--samples", help="Parity samples (default 16)."),
     batch: str = typer.Option(None, "--batch", help="Latency batch sizes, e.g. 1,8 (default 1)."),
     runs: int = typer.Option(None, "--runs", help="Timed runs per artifact (default 30)."),
@@ -58,6 +61,21 @@ def _step_options(option: list[str] | None, opset: int | None, exporter: str | N
     return opts
 
 
+def _prune_options(text: str | None, finetune_epochs: int) -> dict[str, object] | None:
+    if not text:
+        if finetune_epochs:
+            raise InputError("--finetune-epochs is for recovery after --prune", hint="add --prune structured:0.3")
+        return None
+    method, _, ratio = text.partition(":")
+    if method not in ("structured", "unstructured"):
+        raise InputError(f"--prune '{text}': method must be structured or unstructured, e.g. --prune structured:0.3")
+    try:
+        value = float(ratio) if ratio else 0.3
+    except ValueError:
+        raise InputError(f"--prune '{text}': ratio '{ratio}' is not a number") from None
+    return {"method": method, "ratio": value, "finetune_epochs": finetune_epochs}
+
+
 def _batches(batch: str | None) -> list[int] | None:
     if not batch:
         return None
@@ -69,7 +87,8 @@ def _batches(batch: str | None) -> list[int] | None:
 
 def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weights: Path | None, precision: str,
              option: list[str] | None, opset: int | None, exporter: str | None, data: Path | None,
-             validation: Path | None, calibration: Path | None, samples: int | None, batch: str | None,
+             validation: Path | None, calibration: Path | None, prune: str | None, train: Path | None,
+             finetune_epochs: int, samples: int | None, batch: str | None,
              runs: int | None, threads: int | None, no_latency: bool, no_simplify: bool, require_all: bool,
              json_out: bool) -> None:
     from convcli.cli.common import STATE
@@ -77,7 +96,8 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
     from convcli.reports.terminal import render_terminal
 
     spec = build_job(model, to, inputs, weights, precision, _step_options(option, opset, exporter), output,
-                     parity=data, validation=validation, calibration=calibration, samples=samples,
+                     parity=data, validation=validation, calibration=calibration, train=train,
+                     prune=_prune_options(prune, finetune_epochs), samples=samples,
                      batches=_batches(batch), runs=runs, threads=threads, enabled=not no_latency,
                      simplify=not no_simplify, require_all=require_all)
     result = run_job(spec, progress=RichProgress(err), command=echo_command(), debug=bool(STATE["debug"]))

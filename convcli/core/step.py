@@ -81,6 +81,7 @@ class Step:
     default_for_target: ClassVar[bool] = False  # passes: applied whenever a plan passes through the format
     uses_calibration: ClassVar[bool] = False  # its output depends on the calibration data (part of its cache key)
     uses_validation: ClassVar[bool] = False  # its output depends on the labelled set (accuracy-aware steps)
+    job_level: ClassVar[bool] = False  # configured by its own JobSpec field, never placed by the planner
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -120,7 +120,7 @@ def load_recipe(path: Path, registry: Registry | None = None) -> JobSpec:
     base = path.resolve().parent
     spec.source.model = _resolve_model(base, spec.source.model)
     spec.source.weights = _resolve(base, spec.source.weights)
-    for field in ("parity", "validation", "calibration"):
+    for field in ("parity", "validation", "calibration", "train"):
         setattr(spec.data, field, _resolve(base, getattr(spec.data, field)))
     if "output" in data:
         spec.output = _resolve(base, spec.output)
@@ -137,7 +137,7 @@ def _check_files(spec: JobSpec, path: Path, root: yaml.Node | None) -> None:
     checks: list[tuple[tuple[Any, ...], Path | None]] = [
         (("source", "weights"), spec.source.weights),
         (("data", "parity"), spec.data.parity), (("data", "validation"), spec.data.validation),
-        (("data", "calibration"), spec.data.calibration)]
+        (("data", "calibration"), spec.data.calibration), (("data", "train"), spec.data.train)]
     model_file = spec.source.model.rpartition(":")[0] if ".py:" in spec.source.model else (
         spec.source.model if ":" not in spec.source.model else None)
     if model_file:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from convcli.core.tensors import TensorSpec, parse_input_spec
 from convcli.parity.compare import Tolerance
 from convcli.parity.data import ImagePreprocess
+from convcli.passes.prune_pytorch import PruneOptions
 
 
 class Strict(BaseModel):
@@ -84,6 +85,8 @@ class DataSpec(Strict):
     validation: Path | None = Field(default=None, description="Labelled set for accuracy: image folder with "
                                                                "class sub-folders, or a CSV of file,label.")
     calibration: Path | None = Field(default=None, description="Calibration data for INT8 (.npy/.npz or images).")
+    train: Path | None = Field(default=None, description="Labelled training images for recovery fine-tuning "
+                                                          "after pruning.")
     samples: int = Field(default=16, ge=1, description="Samples for the parity comparison.")
     validation_samples: int | None = Field(default=None, ge=1, description="Cap on labelled samples used.")
     calibration_samples: int = Field(default=64, ge=1, description="Samples used to calibrate INT8 steps.")
@@ -114,6 +117,8 @@ class JobSpec(Strict):
     targets: list[TargetSpec] = Field(description="What to produce.")
     step_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Options by step name, e.g. {OnnxFromPytorch: {opset: 18}}.")
+    prune: PruneOptions | None = Field(default=None, description="Prune the PyTorch source before export; every "
+                                       "target is built from and checked against the pruned model.")
     simplify: bool = Field(default=True, description="Run the default simplification passes (SimplifyOnnx).")
     data: DataSpec = Field(default_factory=DataSpec, description="Parity, validation and calibration data.")
     latency: LatencySpec = Field(default_factory=LatencySpec, description="Latency measurement settings.")

@@ -46,7 +46,7 @@ def _build(registry: Registry) -> type[BaseModel]:
                   else Annotated[Union[tuple(target_models)], Field(discriminator="format")])  # noqa: UP007
     step_fields: dict[str, Any] = {
         step.name: (step.Options | None, Field(default=None, description=step.summary or step.__doc__ or ""))
-        for step in registry.steps()}
+        for step in registry.steps() if not step.job_level}
     step_options = create_model("StepOptions", __config__=ConfigDict(extra="forbid"), **step_fields)
     return create_model(
         "Recipe", __base__=JobSpec,

@@ -39,6 +39,9 @@ class SourceReport(BaseModel):
     accuracy_samples: int | None = None
     size_bytes: int | None = None
     params: int | None = None
+    pruning: dict[str, Any] | None = Field(
+        default=None, description="When the job pruned the source: method, ratio, fine-tuning and params, MACs, "
+                                  "weight size, latency and accuracy before and after.")
 
 
 class ArtifactReport(BaseModel):

@@ -47,6 +47,8 @@ def render_terminal(report: Report, console: Console) -> None:
             _acc(a.accuracy), _ms(a.latency_ms.p50 if a.latency_ms else None),
             "-" if a.speedup_vs_source is None else f"{a.speedup_vs_source:.2f}x", _size(a.size_bytes))
     console.print(table)
+    if src.pruning:
+        console.print(pruning_line(src.pruning), highlight=False)
     s = report.settings
     console.print(f"[dim]parity on {s.parity_data}; accuracy on {s.accuracy_data or 'no labelled set'}; "
                   f"{s.threads} threads; {s.machine.get('cpu', '')}[/]", highlight=False)
@@ -58,3 +60,26 @@ def render_terminal(report: Report, console: Console) -> None:
             console.print(f"[yellow]{a.id}: {flag}[/]", highlight=False)
     console.print(f"[bold]{report.summary}[/]; exit code {report.exit_code}"
                   + (f"; fastest passed: [cyan]{report.fastest_passed}[/]" if report.fastest_passed else ""))
+
+
+def pruning_line(p: dict[str, object]) -> str:
+    """One line: what pruning did to parameters, MACs, weight size, accuracy and latency."""
+    before, after = p.get("before") or {}, p.get("after") or {}
+    assert isinstance(before, dict) and isinstance(after, dict)
+
+    def change(key: str) -> str:
+        b, a = before.get(key), after.get(key)
+        if not b or a is None:
+            return "-"
+        return f"{b:,} -> {a:,} ({(a / b - 1) * 100:+.0f}%)"
+
+    acc = "-"
+    if before.get("accuracy") is not None and after.get("accuracy") is not None:
+        acc = f"{before['accuracy'] * 100:.2f}% -> {after['accuracy'] * 100:.2f}%"
+    lat = "-"
+    if before.get("latency_ms") and after.get("latency_ms"):
+        lat = f"{before['latency_ms']['p50']:.2f} -> {after['latency_ms']['p50']:.2f} ms"
+    tune = p.get("finetune")
+    tuned = f", fine-tuned {tune['epochs']} epochs" if isinstance(tune, dict) else ""
+    return (f"pruned ({p.get('method')} {float(p.get('ratio', 0)) * 100:.0f}%{tuned}): params {change('params')}, "
+            f"MACs {change('macs')}, weights {change('state_dict_bytes')} bytes, accuracy {acc}, source p50 {lat}")
