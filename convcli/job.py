@@ -42,7 +42,7 @@ from convcli.parity.compare import DEFAULT_TOLERANCES, Tolerance, compare_output
 from convcli.parity.data import DataSet, load_data, load_images, random_data
 from convcli.parity.evaluate import EvalSettings, Measurement, measure_model
 from convcli.recipes.schema import GateSpec, JobSpec
-from convcli.reports.model import ArtifactReport, Report, Settings, SourceReport, StepRecord
+from convcli.reports.model import ArtifactReport, Report, Settings, SourceReport, Status, StepRecord
 
 MANIFEST_SCHEMA = "convcli.manifest/v1"
 PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "onnxscript", "openvino", "nncf", "ncnn",
@@ -418,9 +418,9 @@ class Evaluation:
 
     def measure_entry(self, entry: Entry) -> ArtifactReport:
         """The row with measurements only (status passed/error/unavailable; gates not applied yet)."""
-        base = dict(id=entry.id, format=entry.format, precision=entry.precision, chain=entry.chain)
+        base: dict[str, Any] = dict(id=entry.id, format=entry.format, precision=entry.precision, chain=entry.chain)
         if isinstance(entry.artifact, str):
-            status = "unavailable" if entry.artifact.startswith("unavailable:") else "error"
+            status: Status = "unavailable" if entry.artifact.startswith("unavailable:") else "error"
             return ArtifactReport(**base, status=status, error=entry.artifact.removeprefix("unavailable: "))
         cached = self.cache.load_json("measure", entry.key)
         if cached is not None:
@@ -429,7 +429,7 @@ class Evaluation:
             self._end(f"check {entry.id}", True, "cached")
             return row
         artifact = entry.artifact
-        common = dict(base, path=str(artifact.path.name) if artifact.path else None,
+        common: dict[str, Any] = dict(base, path=str(artifact.path.name) if artifact.path else None,
                       files=[f.name for f in artifact.files], size_bytes=artifact.size_bytes,
                       input_layout=artifact.layout, details=_jsonable(artifact.details))
         ref = self.reference()
@@ -438,8 +438,8 @@ class Evaluation:
         try:
             got = measure_model(self.registry, artifact, data.parity, data.labelled, self.settings)
         except ConvcliError as exc:
-            status = "unavailable" if isinstance(exc, UnavailableError) else "error"
-            row = ArtifactReport(**common, status=status, error=exc.one_line())
+            row = ArtifactReport(**common, status="unavailable" if isinstance(exc, UnavailableError) else "error",
+                                 error=exc.one_line())
             self._end(f"check {entry.id}", False, row.error or "")
             return row
         except Exception as exc:

@@ -3,6 +3,8 @@ against a tolerance that depends on the artifact's precision (docs/cli.md lists 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,7 +110,7 @@ def compare_outputs(names: list[str], ref: list[np.ndarray], got: list[np.ndarra
                             message=f"artifact returns {len(got)} outputs, the source {len(ref)}")
     outs = [compare_output(n, r, g, tol) for n, r, g in zip(names, ref, got, strict=True)]
 
-    def worst(attr: str, fn: type[max] | type[min]) -> float | None:
+    def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
         vals = [getattr(o, attr) for o in outs if getattr(o, attr) is not None]
         return fn(vals) if vals else None
 

@@ -114,7 +114,7 @@ def _image_array(file: Path, spec: TensorSpec, pre: ImagePreprocess) -> np.ndarr
         height, width = pre.resize
     color = pre.color or ("gray" if channels == 1 else "rgb")
     try:
-        img = Image.open(file)
+        img: Image.Image = Image.open(file)
         img = img.convert("L" if color == "gray" else "RGB")
     except Exception as exc:
         raise InputError(f"image {file} cannot be read: {exc}") from None
@@ -124,11 +124,11 @@ def _image_array(file: Path, spec: TensorSpec, pre: ImagePreprocess) -> np.ndarr
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     if color == "bgr":
         arr = arr[:, :, ::-1]
-    arr = arr * pre.scale
+    arr = (arr * pre.scale).astype(np.float32)
     if pre.mean is not None:
         arr = arr - np.asarray(pre.mean, dtype=np.float32)
     if pre.std is not None:
-        arr = arr / np.asarray(pre.std, dtype=np.float32)
+        arr = np.divide(arr, np.asarray(pre.std, dtype=np.float32), dtype=np.float32)
     if layout == "NCHW":
         arr = arr.transpose(2, 0, 1)
     return arr.astype(np.float32)

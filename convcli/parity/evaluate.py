@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,7 +75,7 @@ def measure_model(registry: Registry, artifact: Artifact, parity: DataSet, label
         if settings.measure_latency:
             for b in settings.latency_batches:
                 feed = latency_feed(parity, b)
-                result.latency[b] = measure(lambda feed=feed: session(feed), b, settings.warmup, settings.runs,
+                result.latency[b] = measure(functools.partial(session, feed), b, settings.warmup, settings.runs,
                                             settings.max_seconds)
         return result
     finally:

@@ -73,7 +73,8 @@ DEFAULT_ACCURACY_DROP = {"fp32": 0.005, "fp16": 0.01, "int8": 0.01}
 
 class TargetSpec(Strict):
     format: str = Field(description="Target format: onnx, openvino, ncnn, tflite, tensorrt, ...")
-    precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], description="Any of fp32, fp16, int8.")
+    precisions: list[Precision] = Field(default_factory=lambda: list[Precision](["fp32"]),
+                                        description="Any of fp32, fp16, int8.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of this target's converter.")
     via: str | None = Field(default=None, description="A converter the path must use, e.g. OpenvinoFromPytorch.")
     gates: GateSpec | None = Field(default=None, description="Gates for this target, overriding the job's.")

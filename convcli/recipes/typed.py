@@ -40,7 +40,7 @@ def _build(registry: Registry) -> type[BaseModel]:
         options = _target_options_model(registry, fmt)
         target_models.append(create_model(
             f"{_class_name(fmt)}Target", __base__=TargetSpec,
-            format=(Literal[fmt], Field(description=registry.formats[fmt].description)),
+            format=(Literal[fmt], Field(description=registry.formats[fmt].description)),  # type: ignore[arg-type]
             options=(options, Field(default_factory=options, description=f"Options of the converter into {fmt}."))))
     union: Any = (target_models[0] if len(target_models) == 1
                   else Annotated[Union[tuple(target_models)], Field(discriminator="format")])  # noqa: UP007

@@ -81,5 +81,5 @@ def pruning_line(p: dict[str, object]) -> str:
         lat = f"{before['latency_ms']['p50']:.2f} -> {after['latency_ms']['p50']:.2f} ms"
     tune = p.get("finetune")
     tuned = f", fine-tuned {tune['epochs']} epochs" if isinstance(tune, dict) else ""
-    return (f"pruned ({p.get('method')} {float(p.get('ratio', 0)) * 100:.0f}%{tuned}): params {change('params')}, "
+    return (f"pruned ({p.get('method')} {float(str(p.get('ratio', 0))) * 100:.0f}%{tuned}): params {change('params')}, "
             f"MACs {change('macs')}, weights {change('state_dict_bytes')} bytes, accuracy {acc}, source p50 {lat}")

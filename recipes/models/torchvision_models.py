@@ -12,7 +12,7 @@ CONVCLI_INPUTS = ["x:batch=2x3x224x224:float32"]
 def reinit_zero_heads(model: nn.Module) -> nn.Module:
     gen = torch.Generator().manual_seed(0)
     for module in model.modules():
-        if isinstance(module, nn.Linear) and float(module.weight.abs().sum()) == 0.0:
+        if isinstance(module, nn.Linear) and float(module.weight.detach().abs().sum()) == 0.0:
             with torch.no_grad():
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.02)
     return model

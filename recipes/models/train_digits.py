@@ -62,7 +62,7 @@ def main() -> None:
     model = build()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    for epoch in range(25):
+    for _epoch in range(25):
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
