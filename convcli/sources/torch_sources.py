@@ -58,8 +58,16 @@ def probe_outputs(model: Any, specs: list[TensorSpec], where: str) -> list[str]:
     return default_output_names(len(flatten_outputs(out)))
 
 
+def _declared(module: Any, name: str) -> list[str] | None:
+    """A module-level list of strings (CONVCLI_INPUTS / CONVCLI_OUTPUTS), or None."""
+    value = getattr(module, name, None)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
 def _module_inputs(module: Any) -> list[TensorSpec] | None:
-    declared = getattr(module, "CONVCLI_INPUTS", None)
+    declared = _declared(module, "CONVCLI_INPUTS")
     return [parse_input_spec(t) for t in declared] if declared else None
 
 
@@ -108,7 +116,7 @@ class PytorchFactoryLoader(SourceLoader):
         if not specs:
             raise InputError(f"{request.spec}: input shapes are unknown",
                              hint="give --input NAME:SHAPE:DTYPE, e.g. --input x:batch=2x3x224x224:float32")
-        outputs = getattr(module, "CONVCLI_OUTPUTS", None) or probe_outputs(model, specs, request.spec)
+        outputs = _declared(module, "CONVCLI_OUTPUTS") or probe_outputs(model, specs, request.spec)
         # Size on disk of a factory source is its weights file; without one, the report shows parameters only.
         return Artifact(format="pytorch", path=None, inputs=specs, output_names=list(outputs), obj=model,
                         files=[request.weights] if request.weights else [],
