@@ -143,25 +143,30 @@ def _chain_ids(artifact: dict[str, Any], steps: dict[str, Any]) -> list[str]:
 
 # -- coverage -------------------------------------------------------------------------------------------
 
-FAMILIES = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet",
-            "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf",
-            "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_0", "swin_t", "vgg11", "vit_b_16",
-            "wide_resnet50_2"]
+# One model per torchvision family, smallest first (onnx2tf needs minutes on the large ones on 2 cores).
+FAMILIES = ["mobilenet_v3_small", "squeezenet1_0", "shufflenet_v2_x0_5", "mnasnet0_5", "mobilenet_v2", "resnet18",
+            "regnet_x_400mf", "efficientnet_b0", "googlenet", "densenet121", "inception_v3", "convnext_tiny",
+            "efficientnet_v2_s", "resnext50_32x4d", "swin_t", "maxvit_t", "vit_b_16", "wide_resnet50_2", "alexnet",
+            "vgg11"]
+TFLITE_TIMEOUT_S = 300
 
 
-def bench_coverage(models: list[str]) -> dict[str, Any]:
+def bench_coverage(models: list[str], save: Any = None) -> dict[str, Any]:
     factory = ROOT / "bench" / "tv_factory.py"
-    results = {}
+    results: dict[str, Any] = {}
     for name in models:
         size = 299 if name == "inception_v3" else 224
         out = OUT / "coverage" / name
         code, seconds, log = run([*CONVCLI, "convert", f"{factory}:{name}", "--input",
                                   f"x:batch=2x3x{size}x{size}:float32", "--to", "onnx,openvino,ncnn,tflite",
+                                  "-O", f"tflite.timeout_s={TFLITE_TIMEOUT_S}",
                                   "-o", out, "--no-latency", "--samples", "4"], timeout=1800)
         report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
         results[name] = {"exit": code, "seconds": seconds, "report": report,
                          "log_tail": " | ".join(log.strip().splitlines()[-2:])[-300:]}
         print(f"coverage {name}: exit {code} in {seconds:.0f}s", flush=True)
+        if save is not None:
+            save(results)
     return results
 
 
@@ -282,13 +287,23 @@ def main() -> None:
     if "models" in sections:
         state["models"] = {**state.get("models", {}), **bench_models(args.models.split(","))}
     if "coverage" in sections:
-        state["coverage"] = {**state.get("coverage", {}), **bench_coverage(args.coverage_models.split(","))}
+        previous = state.get("coverage", {})
+
+        def save(partial: dict[str, Any]) -> None:  # a long coverage run writes what it has after every model
+            state["coverage"] = {**previous, **partial}
+            write(state)
+
+        state["coverage"] = {**previous, **bench_coverage(args.coverage_models.split(","), save)}
     if "cache" in sections:
         state["cache"] = bench_cache()
     if "overhead" in sections:
         state["overhead"] = bench_overhead()
+    write(state)
+
+
+def write(state: dict[str, Any]) -> None:
     state["machine"] = machine()
-    state_path.write_text(json.dumps(state, indent=1))
+    (OUT / "results.json").write_text(json.dumps(state, indent=1))
     parts = ["# Benchmarks", "",
              f"Measured with `make bench` (`bench/run_bench.py`) on {state['machine']}. This machine is shared and "
              "noisy: read ratios measured side by side in one run, not absolute numbers. Random weights for the "
