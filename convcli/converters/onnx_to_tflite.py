@@ -21,7 +21,19 @@ error becomes this target's one-line ConversionError. What the child needs and w
   against ONNX Runtime on seeded data; the result is ``artifact.layout`` / ``artifact.output_layout``,
   which the LiteRT runner uses to map tensors back, and the check's error is in ``details``.
 
-onnx2tf writes float32 and float16 files in one run; ``precision`` picks the one shipped.
+* **INT8.** Full-integer quantization (onnx2tf ``-oiqt``) calibrates on the job's ``--calibration`` data,
+  never on onnx2tf's downloaded or random images: each input's samples are written as one .npy per input
+  in the layout the TF model takes (channel-last for 3-5-D inputs unless ``keep_nchw``) and passed with
+  ``-cind NAME FILE 0 1`` (mean 0, std 1: convcli's data is already preprocessed). onnx2tf writes
+  ``model_integer_quant.tflite`` (int8 inside, float32 inputs/outputs) and ``model_full_integer_quant.tflite``
+  (int8 inputs/outputs too) in one run; ``int8_io`` picks one. The LiteRT runner quantizes float feeds and
+  dequantizes int8 outputs with each tensor's scale and zero point, so parity still compares floats.
+
+One onnx2tf run writes every file (float32, float16 and, with ``-oiqt``, the int8 ones), so a step reuses
+the output folder of an earlier run in this process with the same static ONNX, onnx2tf options and data
+(``_RUNS``, keyed by content): ``--to tflite:fp32+fp16`` runs onnx2tf once, and so do int8 with and without
+``int8_io``. The float runs never share with the int8 ones: ``-cind`` also changes the data onnx2tf checks
+its own conversion with.
 """
 
 from __future__ import annotations
@@ -39,7 +51,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from convcli.core.artifact import Artifact
+from convcli.core.cache import make_key
 from convcli.core.errors import ConversionError, first_line
+from convcli.core.fsutil import sha256_file
 from convcli.core.isolation import run_python
 from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
@@ -48,6 +62,7 @@ from convcli.core.tensors import Dim, TensorSpec
 from convcli.parity.data import DataSet, random_data
 from convcli.runners.tflite_runner import (
     CHANNEL_FIRST,
+    CHANNEL_LAST,
     TfliteSession,
     is_channel_last,
     layout_candidates,
@@ -60,6 +75,10 @@ CHECK_SAMPLES = 2
 MAX_LAYOUT_COMBOS = 64
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MARK = "CONVCLI_CHILD_ERROR:"
+_PYTHON_ERROR = re.compile(r"^(\w+(Error|Exception)): (.+)$")
+# onnx2tf's file for each shipped precision (int8: float32 I/O, or int8 I/O with int8_io).
+PRODUCED = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite", "int8": "model_integer_quant.tflite",
+            "int8-io": "model_full_integer_quant.tflite"}
 
 # The child: block non-local network use, then run onnx2tf.convert with the JSON keyword arguments.
 _CHILD = r'''
@@ -102,12 +121,19 @@ except BaseException as exc:
 
 class TfliteOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    precision: Literal["fp32", "fp16"] = Field(
-        default="fp32", description="Which onnx2tf file to ship: float32, or float16 weights (float32 I/O). "
-                                    "Set by the target's precision (--to tflite:fp16).")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32", description="Which onnx2tf file to ship: float32, float16 weights (float32 I/O), or "
+                                    "full-integer int8 calibrated on --calibration data. Set by the target's "
+                                    "precision (--to tflite:int8).")
     timeout_s: float = Field(default=600.0, gt=0, description="Seconds onnx2tf may run before it is stopped.")
     keep_nchw: bool = Field(default=False, description="Keep the inputs' channel-first layout (onnx2tf -kat); "
                                                        "default: onnx2tf's channel-last (NHWC) inputs.")
+    int8_io: bool = Field(default=False, description="int8 only: int8 inputs and outputs (the runner quantizes "
+                                                     "and dequantizes with each tensor's scale/zero point); "
+                                                     "default: float32 inputs/outputs with int8 inside.")
+    calibration_samples: int | None = Field(
+        default=None, ge=1, description="int8 only: calibrate on the first N calibration samples; default: all "
+                                        "the job loaded (--calibration-samples).")
 
 
 def fixed_specs(specs: list[TensorSpec]) -> tuple[list[TensorSpec], dict[str, dict[str, int]]]:
@@ -265,23 +291,100 @@ def _op_histogram(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _io_dtypes(tflite: Artifact, threads: int) -> dict[str, dict[str, str]]:
+    """The dtype of each input and output of the TFLite file, under the source's names."""
+    probe = TfliteSession(tflite, threads)
+    dtypes = {"inputs": {n: np.dtype(d["dtype"]).name for n, d in probe.in_map.items()},
+              "outputs": {n: np.dtype(d["dtype"]).name for n, d in probe.out_map.items()}}
+    probe.close()
+    return dtypes
+
+
+def tf_layout(spec: TensorSpec, keep_nchw: bool) -> str:
+    """The layout onnx2tf gives an input: channel-last for 3-5-D inputs unless kept (its ops/Input.py)."""
+    rank = len(spec.shape)
+    if rank not in CHANNEL_LAST:
+        return "same"
+    return CHANNEL_FIRST[rank] if keep_nchw else CHANNEL_LAST[rank]
+
+
+def calibration_arrays(fixed: list[TensorSpec], calibration: DataSet | None, samples: int | None,
+                       keep_nchw: bool) -> tuple[dict[str, np.ndarray], DataSet]:
+    """Per input, the calibration samples in the layout of the TF model's input (what ``-cind`` reads).
+
+    Raises ConversionError when there is no calibration data (INT8 is never calibrated on random data) or
+    when it does not fit an input.
+    """
+    if calibration is None or len(calibration) == 0:
+        raise ConversionError("tflite int8 needs calibration data: pass --calibration (a folder of images, or "
+                              ".npy/.npz of preprocessed inputs)",
+                              hint="full-integer quantization is calibrated on real inputs, never on random data")
+    data = calibration.take(samples)
+    arrays: dict[str, np.ndarray] = {}
+    for s in fixed:
+        arr = data.inputs.get(s.name)
+        if arr is None:
+            raise ConversionError(f"calibration data {data.description} has no array for input {s.name}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ConversionError(f"tflite int8: input {s.name} is {arr.dtype}; onnx2tf's full-integer "
+                                  "calibration feeds float32 to every input", hint="use --to tflite:fp32 or fp16")
+        want = tuple(s.example_shape()[1:])
+        if tuple(arr.shape[1:]) != want:
+            raise ConversionError(f"calibration data for {s.name} has sample shape {tuple(arr.shape[1:])}; the "
+                                  f"TFLite model is converted at {want}")
+        if is_channel_last(tf_layout(s, keep_nchw)):
+            arr = np.transpose(arr, (0, *range(2, arr.ndim), 1))
+        arrays[s.name] = np.ascontiguousarray(arr, dtype=np.float32)
+    return arrays, data
+
+
+# Output folders of this process's onnx2tf runs, by run key (content of the static ONNX, the sample file and
+# calibration files, the onnx2tf options and version). An entry is used only while its folder still holds
+# the file wanted: a job deletes its folders when it ends, and later lookups of those entries then miss.
+_RUNS: dict[str, Path] = {}
+
+
+def run_key(kwargs: dict[str, Any], files: list[Path]) -> str:
+    """What decides onnx2tf's output: its options (paths replaced by the content of the files they name)."""
+    contents = {p.name: sha256_file(p) for p in files}
+    options = {k: v for k, v in kwargs.items() if k not in ("input_onnx_file_path", "output_folder_path",
+                                                            "custom_input_op_name_np_data_path")}
+    calib = [[str(c[0]), Path(c[1]).name, *c[2:]] for c in kwargs.get("custom_input_op_name_np_data_path") or []]
+    return make_key("onnx2tf-run", package_version("onnx2tf"), contents, options, calib)
+
+
+def _missing_file_reason(log: str) -> str:
+    """Why onnx2tf exited 0 without a file: it logs failed exports (e.g. full-integer quantization) as a
+    warning with a traceback; the last 'XxxError: ...' line says why."""
+    lines = [_ANSI.sub("", ln).strip() for ln in log.splitlines()]
+    errors = [m.group(0) for ln in lines if (m := _PYTHON_ERROR.match(ln))]
+    failed = [ln.removeprefix("WARNING:").strip() for ln in lines if "output failed" in ln]
+    return " / ".join([*failed[-1:], *errors[-1:]])[:400] or _failure(log)[1]
+
+
 class TfliteFromOnnx(Converter):
     """ONNX -> .tflite with onnx2tf in a child process; static shapes, layouts recorded, checked vs ORT."""
 
     name = "TfliteFromOnnx"
     source = "onnx"
     target = "tflite"
-    summary = "onnx2tf (child process) with static shapes, NHWC layout recorded, checked against ORT"
+    summary = "onnx2tf (child process) with static shapes, NHWC layout recorded, checked against ORT; int8 " \
+              "calibrated on --calibration data"
     requires = ("onnx", "onnxslim", "onnxruntime", "onnx2tf", "tensorflow", "tf_keras", "onnx_graphsurgeon",
                 "ai_edge_litert")
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
     Options = TfliteOptions
-    uses_calibration = True  # the sample images onnx2tf checks its conversion with come from calibration data
+    # int8 calibrates on the calibration data; the sample images onnx2tf checks its conversion with come from it.
+    uses_calibration = True
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         opts: TfliteOptions = self.options  # type: ignore[assignment]
         assert artifact.path is not None
+        int8 = opts.precision == "int8"
         fixed, what = fixed_specs(artifact.inputs)
+        calib: tuple[dict[str, np.ndarray], DataSet] | None = None
+        if int8:  # checked first: no calibration data must fail before minutes of conversion
+            calib = calibration_arrays(fixed, ctx.calibration, opts.calibration_samples, opts.keep_nchw)
         child_dir = ctx.workdir / "onnx2tf"
         child_dir.mkdir(parents=True, exist_ok=True)
         static = child_dir / "model.onnx"  # onnx2tf names its files after this one: model_float32.tflite
@@ -293,12 +396,60 @@ class TfliteFromOnnx(Converter):
                                   "not_use_onnxsim": True, "non_verbose": True}
         if opts.keep_nchw:
             kwargs["keep_shape_absolutely_input_names"] = [s.name for s in fixed]
+        inputs_for_key = [static, child_dir / SAMPLE_FILE]
+        if calib is not None:
+            cind = []
+            for i, (name, arr) in enumerate(calib[0].items()):
+                path = child_dir / f"calibration_{i}.npy"
+                np.save(path, arr)
+                cind.append([name, str(path), 0.0, 1.0])  # already preprocessed: onnx2tf's (x - 0) / 1
+                inputs_for_key.append(path)
+            # Both int8 files in one run: float32 I/O (integer_quant) and int8 I/O (full_integer_quant).
+            kwargs.update(output_integer_quantized_tflite=True, custom_input_op_name_np_data_path=cind,
+                          quant_type="per-channel", input_quant_dtype="int8", output_quant_dtype="int8")
+        key = run_key(kwargs, inputs_for_key)
+        wanted = PRODUCED["int8-io" if int8 and opts.int8_io else opts.precision]
+        earlier = _RUNS.get(key)
+        if earlier is not None and (earlier / wanted).is_file():
+            produced, run_note = earlier / wanted, f"reused the run of an earlier step ({earlier.parent.parent.name})"
+            (ctx.workdir / "onnx2tf.log").write_text(f"onnx2tf not run: {run_note}, {earlier}\n")
+        else:
+            produced, run_note = self._convert(kwargs, child_dir, out_dir / wanted, ctx), "ran"
+            _RUNS[key] = out_dir
+        final = ctx.workdir / "model.tflite"
+        shutil.copyfile(produced, final)
+        tflite = Artifact(format="tflite", path=final, inputs=fixed, output_names=list(artifact.output_names),
+                          precision=opts.precision, files=[final])
+        layouts, out_layouts, check = resolve_layouts(tflite, artifact.path, fixed, ctx.threads, opts.keep_nchw)
+        for s in fixed if calib is not None else []:
+            if is_channel_last(layouts.get(s.name)) != is_channel_last(tf_layout(s, opts.keep_nchw)):
+                raise ConversionError(f"tflite int8: input {s.name} was calibrated as {tf_layout(s, opts.keep_nchw)} "
+                                      f"but the TFLite model takes it as {layouts.get(s.name, 'the source layout')}")
+        details: dict[str, Any] = {
+            "onnx2tf": package_version("onnx2tf"), "precision": opts.precision, "onnx2tf_run": run_note,
+            "fixed shapes": what, "input_shapes": {s.name: list(s.example_shape()) for s in fixed},
+            "input_layout": layouts, "output_layout": out_layouts, "keep_nchw": opts.keep_nchw,
+            "onnx2tf_sample_images": images_from, "check_vs_onnx": check, "ops": _op_histogram(final),
+            "io_dtypes": _io_dtypes(tflite.derive(layout=layouts, output_layout=out_layouts), ctx.threads),
+        }
+        if calib is not None:
+            data = calib[1]
+            details["int8"] = {
+                "calibration_data": data.description, "calibration_samples": len(data),
+                "calibration_layout": {s.name: tf_layout(s, opts.keep_nchw) for s in fixed},
+                "normalization": "none (mean 0, std 1: data already preprocessed)",
+                "quant_type": "per-channel", "int8_io": opts.int8_io, "onnx2tf_file": wanted,
+            }
+        return tflite.derive(layout=layouts, output_layout=out_layouts, details=details)
+
+    def _convert(self, kwargs: dict[str, Any], child_dir: Path, produced: Path, ctx: StepContext) -> Path:
+        """Run onnx2tf in a child process; return ``produced`` or raise ConversionError with its reason."""
+        opts: TfliteOptions = self.options  # type: ignore[assignment]
         code = _CHILD.replace("__KWARGS__", repr(json.dumps(kwargs))).replace("__MARK__", _MARK)
         proc = run_python(code, "onnx2tf", cwd=child_dir, timeout_s=opts.timeout_s, check=False,
                           env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"})
         log = proc.stdout + "\n" + proc.stderr
         (ctx.workdir / "onnx2tf.log").write_text(log)
-        produced = out_dir / f"model_{'float16' if opts.precision == 'fp16' else 'float32'}.tflite"
         if proc.returncode != 0:
             node, reason = _failure(log)
             where = f" at ONNX node {node}" if node else ""
@@ -306,19 +457,8 @@ class TfliteFromOnnx(Converter):
                                   hint="an onnx2tf limitation for this model; try -O tflite.keep_nchw=true "
                                        "or another --opset")
         if not produced.is_file():
-            raise ConversionError(f"onnx2tf exited without writing {produced.name}: {_failure(log)[1]}")
-        final = ctx.workdir / "model.tflite"
-        shutil.copyfile(produced, final)
-        tflite = Artifact(format="tflite", path=final, inputs=fixed, output_names=list(artifact.output_names),
-                          precision=opts.precision, files=[final])
-        layouts, out_layouts, check = resolve_layouts(tflite, artifact.path, fixed, ctx.threads, opts.keep_nchw)
-        details = {
-            "onnx2tf": package_version("onnx2tf"), "precision": opts.precision,
-            "fixed shapes": what, "input_shapes": {s.name: list(s.example_shape()) for s in fixed},
-            "input_layout": layouts, "output_layout": out_layouts, "keep_nchw": opts.keep_nchw,
-            "onnx2tf_sample_images": images_from, "check_vs_onnx": check, "ops": _op_histogram(final),
-        }
-        return tflite.derive(layout=layouts, output_layout=out_layouts, details=details)
+            raise ConversionError(f"onnx2tf exited without writing {produced.name}: {_missing_file_reason(log)}")
+        return produced
 
 
 def register(registry: Registry) -> None:

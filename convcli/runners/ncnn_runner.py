@@ -6,7 +6,8 @@ the converter), so a (1, 10) logit row stays (1, 10) instead of ncnn's flat (10,
 
 fp32 artifacts run with fp16/bf16 storage, fp16 arithmetic and fp16 packing off: ncnn turns them on by
 default on CPUs that have them, which costs about three decimal digits (max abs err 2e-3 instead of 6e-6 on
-the digits CNN) and would make an fp32 artifact fail fp32 parity. fp16 artifacts keep fp16 storage on.
+the digits CNN) and would make an fp32 artifact fail fp32 parity. fp16 artifacts keep fp16 storage on; int8
+artifacts (from ncnn2int8) keep fp16 off and int8 inference on, so only their quantized layers change.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class NcnnSession(Session):
         opt.use_fp16_storage = half
         opt.use_fp16_packed = half
         opt.use_fp16_arithmetic = half
+        opt.use_int8_inference = True  # ncnn's default: layers ncnn2int8 quantized run in int8, others in fp32
         if net.load_param(str(param)) != 0:
             raise ConversionError(f"ncnn cannot load {param.name}: not a valid ncnn .param (or a layer type "
                                   "this ncnn build lacks)")
@@ -96,7 +98,8 @@ class NcnnSession(Session):
         self.inputs = inputs
         self.outputs = outputs
         self.output_shapes = output_shapes or {}
-        mode = "fp16 storage/arithmetic" if half else "fp32 (fp16/bf16 off)"
+        mode = ("fp16 storage/arithmetic" if half else
+                "int8 layers (ncnn2int8), rest fp32 (fp16/bf16 off)" if precision == "int8" else "fp32 (fp16/bf16 off)")
         self.description = f"ncnn {package_version('ncnn') or ncnn.__version__} CPU, {threads} threads, {mode}"
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -11,7 +11,10 @@ ones, with the batch fixed (to 1 for a dynamic batch). Parity must compare like 
 * transposes inputs whose artifact layout is channel-last, and outputs back to channel-first when
   ``artifact.output_layout`` says so. Where an artifact states no layout for an input (a .tflite given to
   ``convcli check``), it is inferred from the shapes when only one layout fits;
-* declares ``fixed_batch`` so larger feeds are run one fixed-size batch at a time.
+* declares ``fixed_batch`` so larger feeds are run one fixed-size batch at a time;
+* quantizes float feeds for quantized integer inputs (int8/uint8/int16 with a scale, from
+  ``get_input_details()["quantization"]``) and dequantizes such outputs, so a full-integer model with int8
+  I/O is compared in floats like any other. Integer tensors without a scale (token ids) pass through.
 
 LiteRT is the standalone interpreter package: it does not import TensorFlow.
 """
@@ -63,6 +66,32 @@ def layout_candidates(source_shape: Sequence[int], tflite_shape: Sequence[int]) 
     if len(src) in CHANNEL_LAST and to_channel_last(src)[1:] == tfl[1:]:
         found.append(CHANNEL_LAST[len(src)])
     return found
+
+
+def quantization(det: dict[str, Any]) -> tuple[float, int] | None:
+    """(scale, zero point) of a quantized integer tensor, None for float tensors and plain integers."""
+    scale, zero = det.get("quantization", (0.0, 0))
+    return (float(scale), int(zero)) if np.dtype(det["dtype"]).kind in "iu" and scale else None
+
+
+def quantize(arr: np.ndarray, det: dict[str, Any]) -> np.ndarray:
+    """A float feed as the tensor's integer type: round(x / scale) + zero point, saturated."""
+    params = quantization(det)
+    dtype = np.dtype(det["dtype"])
+    if params is None or arr.dtype.kind != "f":
+        return arr.astype(dtype, copy=False)
+    scale, zero = params
+    info = np.iinfo(dtype)
+    return np.clip(np.round(arr.astype(np.float64) / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def dequantize(arr: np.ndarray, det: dict[str, Any]) -> np.ndarray:
+    """A quantized output back to float32: (q - zero point) * scale."""
+    params = quantization(det)
+    if params is None:
+        return arr
+    scale, zero = params
+    return ((arr.astype(np.float32) - zero) * np.float32(scale)).astype(np.float32)
 
 
 def _clean(name: str) -> str:
@@ -187,8 +216,11 @@ class TfliteSession(Session):
         shape = first["shape"] if first is not None else []
         self.fixed_batch = int(shape[0]) if len(shape) else None
         layout_text = ", ".join(f"{n}:{lay}" for n, lay in self.layouts.items()) or "as the source"
+        tensors = [*self.in_map.values(), *self.out_map.values()]
+        quantized = sorted({np.dtype(d["dtype"]).name for d in tensors if quantization(d) is not None})
+        io_text = f", {'/'.join(quantized)} I/O (runner quantizes/dequantizes)" if quantized else ""
         self.description = (f"LiteRT {package_version('ai_edge_litert')} CPU, {threads} threads, "
-                            f"input layout {layout_text}")
+                            f"input layout {layout_text}{io_text}")
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = set(self.in_map) - set(feed)
@@ -198,7 +230,7 @@ class TfliteSession(Session):
             arr = feed[name]
             if is_channel_last(self.layouts.get(name)):
                 arr = np.transpose(arr, (0, *range(2, arr.ndim), 1))
-            arr = np.ascontiguousarray(arr.astype(det["dtype"], copy=False))
+            arr = np.ascontiguousarray(quantize(arr, det))
             if arr.shape != tuple(det["shape"]):
                 raise ConversionError(
                     f"TFLite input {name} is fixed to shape {tuple(int(d) for d in det['shape'])} "
@@ -208,7 +240,8 @@ class TfliteSession(Session):
         self.interpreter.invoke()
         results = []
         for name in self.output_names:
-            out = self.interpreter.get_tensor(self.out_map[name]["index"])
+            det = self.out_map[name]
+            out = dequantize(self.interpreter.get_tensor(det["index"]), det)
             if is_channel_last(self.output_layouts.get(name)):
                 out = np.transpose(out, (0, out.ndim - 1, *range(1, out.ndim - 1)))
             results.append(out.astype(np.float32) if out.dtype == np.float16 else np.ascontiguousarray(out))
