@@ -152,9 +152,22 @@ def plan(
             reason = "; ".join(f"{c.name}: {c.availability().reason}" for c in blocked)
             result.targets.append(PlannedTarget(req, None, unavailable=reason))
             continue
+        final_conv = path[-1] if path else None
+        precision_step = None
+        if req.precision != "fp32" and not (final_conv and req.precision in final_conv.precisions):
+            # Decided before any step is added, so an unreachable precision adds no steps to the plan.
+            precision_passes = [
+                p for p in registry.passes.values() if p.source == fmt and p.output_precision == req.precision
+            ]
+            ready = [p for p in precision_passes if p.availability().available]
+            if not ready:
+                why = "; ".join(f"{p.name}: {p.availability().reason}" for p in precision_passes)
+                reason = why or f"no {req.precision} step is registered for {fmt}"
+                result.targets.append(PlannedTarget(req, None, [], unavailable=reason))
+                continue
+            precision_step = ready[0]
         chain: list[str] = []
         current = "source"
-        final_conv = path[-1] if path else None
         for conv in path:
             extra = req.options if conv is final_conv else {}
             if conv is final_conv and req.precision in conv.precisions and req.precision != "fp32":
@@ -167,17 +180,8 @@ def plan(
                 raise InputError(f"target {req.label}: options {sorted(req.options)} given, but the source "
                                  f"is already {fmt} and no converter runs")
             current = default_passes(fmt, current, chain)
-        if req.precision != "fp32" and not (final_conv and req.precision in final_conv.precisions):
-            precision_passes = [
-                p for p in registry.passes.values() if p.source == fmt and p.output_precision == req.precision
-            ]
-            ready = [p for p in precision_passes if p.availability().available]
-            if not ready:
-                why = "; ".join(f"{p.name}: {p.availability().reason}" for p in precision_passes)
-                reason = why or f"no {req.precision} step is registered for {fmt}"
-                result.targets.append(PlannedTarget(req, None, chain, unavailable=reason))
-                continue
-            current = add(ready[0], options_for(ready[0], {}, f"target {req.label}"), current)
+        if precision_step is not None:
+            current = add(precision_step, options_for(precision_step, {}, f"target {req.label}"), current)
             chain.append(current)
         result.targets.append(PlannedTarget(req, chain[-1] if chain else None, chain))
     return result
