@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from convcli.core.errors import ConvcliError, InputError
-from convcli.core.planner import PRECISIONS
+from convcli.core.planner import PRECISIONS, Plan
 from convcli.core.registry import Registry
 from convcli.recipes.loader import validation_error
 from convcli.recipes.schema import DataSpec, JobSpec, LatencySpec, SourceSpec, TargetSpec
@@ -124,3 +124,15 @@ JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune"
 
 def echo_command() -> str:
     return " ".join(["convcli", *sys.argv[1:]])
+
+
+def print_plan(the_plan: Plan, header: str) -> None:
+    """The planned steps (shared prefixes once) and each target's chain or why it is unavailable."""
+    out.print(header, highlight=False)
+    for sid, step in the_plan.steps.items():
+        out.print(f"  {sid}: {step.describe()}  [dim]<- {step.input_id}[/]", highlight=False)
+    for t in the_plan.targets:
+        if t.unavailable:
+            out.print(f"  [yellow]{t.request.label}[/]: unavailable: {t.unavailable}", highlight=False)
+        else:
+            out.print(f"  [green]{t.request.label}[/]: {the_plan.chain_text(t)}", highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import build_job, echo_command, err, handle_errors, out
+from convcli.cli.common import build_job, echo_command, err, handle_errors, out, print_plan
 from convcli.cli.progress import RichProgress
 from convcli.core.errors import InputError
 
@@ -138,11 +138,5 @@ def _plan(model: str, to: str, inputs: list[str] | None, weights: Path | None, p
     spec = build_job(model, to, inputs, weights, precision, option, Path("unused"))
     source = load_source(registry, spec)
     the_plan = plan(registry, source.format, target_requests(spec), spec.step_options)
-    out.print(f"[bold]source[/] {model} ({source.format}); inputs: {', '.join(s.text() for s in source.inputs)}")
-    for sid, step in the_plan.steps.items():
-        out.print(f"  {sid}: {step.describe()}  [dim]<- {step.input_id}[/]", highlight=False)
-    for t in the_plan.targets:
-        if t.unavailable:
-            out.print(f"[yellow]{t.request.label}[/]: unavailable: {t.unavailable}", highlight=False)
-        else:
-            out.print(f"[green]{t.request.label}[/]: {the_plan.chain_text(t)}", highlight=False)
+    inputs_text = ", ".join(s.text() for s in source.inputs)
+    print_plan(the_plan, f"[bold]source[/] {model} ({source.format}); inputs: {inputs_text}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import STATE, echo_command, err, handle_errors, out
+from convcli.cli.common import STATE, echo_command, err, handle_errors, out, print_plan
 from convcli.cli.progress import RichProgress
 
 
@@ -105,12 +105,7 @@ def _print_plan(path: Path, spec: object) -> None:
     registry = default_registry()
     loader = find_loader(registry, spec)
     the_plan = plan(registry, loader.format, target_requests(spec), spec.step_options)
-    out.print(f"[bold]{path}[/] ({spec.name}): {spec.source.model} ({loader.format}) -> {spec.output}")
-    for sid, step in the_plan.steps.items():
-        out.print(f"  {sid}: {step.describe()}  [dim]<- {step.input_id}[/]", highlight=False)
-    for t in the_plan.targets:
-        status = f"unavailable: {t.unavailable}" if t.unavailable else the_plan.chain_text(t)
-        out.print(f"  {t.request.label}: {status}", highlight=False)
+    print_plan(the_plan, f"[bold]{path}[/] ({spec.name}): {spec.source.model} ({loader.format}) -> {spec.output}")
 
 
 def _run_one(path: Path, spec: object, json_out: bool) -> int:

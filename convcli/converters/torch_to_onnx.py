@@ -8,10 +8,7 @@ second size of each dynamic dimension and rejected when it disagrees with PyTorc
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
+from convcli.core.quiet import quiet
 from convcli.core.registry import Registry
 from convcli.core.step import Converter, StepContext
 from convcli.core.tensors import TensorSpec
@@ -78,16 +76,6 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], path: Path, specs: li
     torch.onnx.export(model, args, str(path), dynamo=False, input_names=[s.name for s in specs],
                       output_names=outputs, dynamic_axes=_dynamic_axes(specs) or None,
                       opset_version=opset or 17, do_constant_folding=True)
-
-
-def _quiet() -> contextlib.ExitStack:
-    """The exporters print progress and warnings to stdout/stderr; keep the CLI's output clean."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    return stack
 
 
 def verify_export(model: Any, path: Path, specs: list[TensorSpec], threads: int, check_dynamic: bool) -> dict[str, Any]:
@@ -167,7 +155,7 @@ class OnnxFromPytorch(Converter):
                                       hint=f"choose one of: {', '.join(self.exporters)}")
             path = ctx.workdir / f"model.{exporter}.onnx"
             try:
-                with _quiet(), torch.inference_mode(False), torch.no_grad():
+                with quiet(), torch.inference_mode(False), torch.no_grad():
                     if exporter == "dynamo":
                         _export_dynamo(model, args, path, specs, artifact.output_names, opts.opset, large)
                     else:

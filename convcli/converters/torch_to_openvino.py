@@ -9,9 +9,6 @@ a second size of every dynamic dimension, and rejected when they disagree.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from typing import Any
 
 import numpy as np
@@ -21,6 +18,7 @@ from convcli.converters.onnx_to_openvino import OpenvinoOptions, save_ir
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
+from convcli.core.quiet import quiet
 from convcli.core.registry import Registry
 from convcli.core.step import Converter, StepContext
 from convcli.core.tensors import TensorSpec, numpy_dtype
@@ -31,16 +29,6 @@ from convcli.sources.torch_sources import example_tensors, flatten_outputs
 
 class OpenvinoTorchOptions(OpenvinoOptions):
     check_dynamic: bool = Field(default=True, description="Also check the IR at a second size of each dynamic dim.")
-
-
-def _quiet() -> contextlib.ExitStack:
-    """Tracing warns (deprecations, tracer warnings) on stdout/stderr; keep the CLI's output clean."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    return stack
 
 
 def _input_signature(ov: Any, specs: list[TensorSpec]) -> list[tuple[Any, Any]]:
@@ -122,7 +110,7 @@ class OpenvinoFromPytorch(Converter):
         where = self.name
         torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA fast path breaks tracing
         try:
-            with _quiet(), torch.inference_mode(False), torch.no_grad():
+            with quiet(), torch.inference_mode(False), torch.no_grad():
                 model = self.convert(ov, artifact, _input_signature(ov, artifact.inputs))
         except Exception as exc:
             raise ConversionError(f"{where}: OpenVINO's PyTorch frontend failed: {first_line(exc)}",
