@@ -34,6 +34,23 @@ def compile_cpu(model: Any, threads: int) -> Any:
     return ov.Core().compile_model(model, "CPU", config)
 
 
+# Layer types of the CPU plugin's runtime graph whose execution precision shows whether int8 kernels run.
+RUNTIME_HEAVY_TYPES = ("Convolution", "FullyConnected", "MatMul", "Deconvolution", "GroupConvolution")
+
+
+def runtime_precisions(compiled: Any) -> dict[str, int]:
+    """Execution precision of the compiled model's heavy layers, e.g. {"u8": 20, "f32": 1}. The f32 inference hint
+    governs only the layers NNCF left in float: FakeQuantize'd layers of an INT8 IR still run as u8/i8 kernels."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+        if kind in RUNTIME_HEAVY_TYPES and "runtimePrecision" in info:
+            prec = info["runtimePrecision"].astype(str)
+            counts[prec] = counts.get(prec, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def port_names(port: Any) -> set[str]:
     try:
         return set(port.get_names())
@@ -83,6 +100,10 @@ class OpenvinoSession(Session):
         used_threads = self.compiled.get_property("INFERENCE_NUM_THREADS")
         self.description = (f"OpenVINO {ov.__version__.split('-')[0]} CPU, {used_threads} threads, "
                             f"inference precision {self.precision}")
+        if artifact.precision == "int8":  # show that the int8 layers really run as int8 kernels
+            layers = runtime_precisions(self.compiled)
+            low = sum(n for p, n in layers.items() if p in ("u8", "i8"))
+            self.description += f", {low} of {sum(layers.values())} conv/matmul layers int8"
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         tensors = {}
