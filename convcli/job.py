@@ -55,7 +55,8 @@ def find_loader(registry: Registry, spec: JobSpec) -> type[SourceLoader]:
     loaders = sorted((s for s in registry.sources.values() if s.matches(text)), key=lambda s: -s.priority)
     if not loaders:
         raise InputError(f"cannot tell what kind of model '{text}' is",
-                         hint="give file.py:factory, package.module:factory, or a .onnx/.pt/.pt2 file")
+                         hint="give file.py:factory, package.module:factory, a .onnx/.pt/.pt2/.keras/.h5 file or a "
+                              "SavedModel folder")
     loader = loaders[0]
     avail = loader.availability()
     if not avail.available:
@@ -64,6 +65,18 @@ def find_loader(registry: Registry, spec: JobSpec) -> type[SourceLoader]:
         raise InputError(f"--weights {spec.source.weights}: weights go with a file.py:factory source, "
                          f"not a {loader.format} file")
     return loader
+
+
+def with_source_layout(registry: Registry, spec: JobSpec, loader: type[SourceLoader]) -> JobSpec:
+    """Image data laid out as the source's format usually takes it (NHWC for TensorFlow sources), unless the
+    job sets ``data.preprocess.layout`` itself."""
+    pre = spec.data.preprocess
+    fmt = registry.formats.get(loader.format)
+    usual = fmt.layout if fmt is not None else pre.layout
+    if "layout" in pre.model_fields_set or usual == pre.layout:
+        return spec
+    data = spec.data.model_copy(update={"preprocess": pre.model_copy(update={"layout": usual})})
+    return spec.model_copy(update={"data": data})
 
 
 def load_source(registry: Registry, spec: JobSpec) -> Artifact:
@@ -85,7 +98,8 @@ class LazySource:
     def get(self) -> Artifact:
         if self._artifact is None:
             loaded = self.loader().load(
-                SourceRequest(self.spec.source.model, self.spec.source.input_specs(), self.spec.source.weights))
+                SourceRequest(self.spec.source.model, self.spec.source.input_specs(), self.spec.source.weights,
+                              threads=self.spec.latency.threads or os.cpu_count() or 1))
             self._artifact = self._pruned(loaded) if self.spec.prune is not None else loaded
             self.cache.store_json("source", self.key, {
                 "inputs": [s.model_dump() for s in self._artifact.inputs],
@@ -226,6 +240,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     registry = registry or default_registry()
     cache = open_cache(spec)
     loader = find_loader(registry, spec)
+    spec = with_source_layout(registry, spec, loader)
     requests = target_requests(spec)
     skip = set() if spec.simplify else {p.name for p in registry.passes.values() if p.default_for_target}
     the_plan = plan(registry, loader.format, requests, spec.step_options, skip)
@@ -524,6 +539,7 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
     registry = registry or default_registry()
     cache = Cache(Path(tempfile.gettempdir()), enabled=False)
     loader = find_loader(registry, spec)
+    spec = with_source_layout(registry, spec, loader)
     source = LazySource(registry, spec, cache, source_key(spec, loader))
     artifact_src = source.get()
     precision = spec.targets[0].precisions[0] if spec.targets else "fp32"

@@ -20,6 +20,10 @@ error becomes this target's one-line ConversionError. What the child needs and w
   is read from the shapes and, where shapes cannot tell (e.g. 1x3x3x3), from running the TFLite model
   against ONNX Runtime on seeded data; the result is ``artifact.layout`` / ``artifact.output_layout``,
   which the LiteRT runner uses to map tensors back, and the check's error is in ``details``.
+  Inputs that are channel-last already (ONNX exported from TensorFlow, e.g. by tf2onnx: the input's only
+  consumer is a Transpose, or for one channel a Reshape, to channel-first) are kept as they are (``-kat``
+  for those inputs): onnx2tf would otherwise move their dim 1 to the end as if it were the channels
+  (1x8x8x1 -> 1x8x1x8 plus a TRANSPOSE op). They take the source's own feed (no layout recorded).
 
 * **INT8.** Full-integer quantization (onnx2tf ``-oiqt``) calibrates on the job's ``--calibration`` data,
   never on onnx2tf's downloaded or random images: each input's samples are written as one .npy per input
@@ -44,6 +48,7 @@ import itertools
 import json
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,8 +227,38 @@ def _max_err(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
 
 
+def channel_last_inputs(path: Path, specs: list[TensorSpec]) -> list[str]:
+    """3-5-D inputs the ONNX graph itself turns channel-first first: every consumer is a Transpose with
+    perm (0, last, 1, ...), or a Reshape to (N, 1, *spatial) of a one-channel input (tf2onnx's form then)."""
+    onnx = require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) == 1}
+    found = []
+    for s in specs:
+        rank = len(s.shape)
+        if rank not in CHANNEL_LAST:
+            continue
+        perm = [0, rank - 1, *range(1, rank - 1)]
+        dims = s.example_shape()
+        flat = [-1, 1, *dims[1:-1]] if dims[-1] == 1 and not s.shape[-1].dynamic else None
+
+        def to_channel_first(node: Any, perm: list[int] = perm, flat: list[int] | None = flat) -> bool:
+            if node.op_type == "Transpose":
+                return [list(a.ints) for a in node.attribute if a.name == "perm"] == [perm]
+            if node.op_type == "Reshape" and flat is not None and len(node.input) > 1:
+                shape = consts.get(node.input[1])
+                return shape is not None and [int(v) for v in shape][1:] == flat[1:]
+            return False
+
+        users = [n for n in model.graph.node if s.name in n.input]
+        if users and all(to_channel_first(n) for n in users):
+            found.append(s.name)
+    return found
+
+
 def resolve_layouts(tflite: Artifact, onnx_path: Path, fixed: list[TensorSpec], threads: int,
-                    keep_nchw: bool) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
+                    keep_nchw: bool, as_source: Collection[str] = ()) -> tuple[dict[str, str], dict[str, str],
+                                                                                dict[str, Any]]:
     """Which layout each input and output has in the TFLite file, and how far it is from ONNX Runtime.
 
     Shapes decide where only one layout fits; otherwise every combination of input layouts is run on
@@ -242,6 +277,8 @@ def resolve_layouts(tflite: Artifact, onnx_path: Path, fixed: list[TensorSpec], 
                                   f"neither the ONNX shape {s.example_shape()} nor its channel-last form")
         if keep_nchw and CHANNEL_FIRST.get(len(s.shape)) in found:
             found = [CHANNEL_FIRST[len(s.shape)]]
+        elif s.name in as_source and CHANNEL_FIRST.get(len(s.shape)) in found:
+            found = ["same"]  # kept channel-last input: takes the source's feed as it is
         in_choices[s.name] = found
     out_choices: dict[str, list[str]] = {}
     for name, r in zip(names, ref, strict=True):
@@ -300,16 +337,16 @@ def _io_dtypes(tflite: Artifact, threads: int) -> dict[str, dict[str, str]]:
     return dtypes
 
 
-def tf_layout(spec: TensorSpec, keep_nchw: bool) -> str:
+def tf_layout(spec: TensorSpec, keep_nchw: bool, as_source: Collection[str] = ()) -> str:
     """The layout onnx2tf gives an input: channel-last for 3-5-D inputs unless kept (its ops/Input.py)."""
     rank = len(spec.shape)
-    if rank not in CHANNEL_LAST:
+    if rank not in CHANNEL_LAST or spec.name in as_source:
         return "same"
     return CHANNEL_FIRST[rank] if keep_nchw else CHANNEL_LAST[rank]
 
 
 def calibration_arrays(fixed: list[TensorSpec], calibration: DataSet | None, samples: int | None,
-                       keep_nchw: bool) -> tuple[dict[str, np.ndarray], DataSet]:
+                       keep_nchw: bool, as_source: Collection[str] = ()) -> tuple[dict[str, np.ndarray], DataSet]:
     """Per input, the calibration samples in the layout of the TF model's input (what ``-cind`` reads).
 
     Raises ConversionError when there is no calibration data (INT8 is never calibrated on random data) or
@@ -332,7 +369,7 @@ def calibration_arrays(fixed: list[TensorSpec], calibration: DataSet | None, sam
         if tuple(arr.shape[1:]) != want:
             raise ConversionError(f"calibration data for {s.name} has sample shape {tuple(arr.shape[1:])}; the "
                                   f"TFLite model is converted at {want}")
-        if is_channel_last(tf_layout(s, keep_nchw)):
+        if is_channel_last(tf_layout(s, keep_nchw, as_source)):
             arr = np.transpose(arr, (0, *range(2, arr.ndim), 1))
         arrays[s.name] = np.ascontiguousarray(arr, dtype=np.float32)
     return arrays, data
@@ -382,9 +419,10 @@ class TfliteFromOnnx(Converter):
         assert artifact.path is not None
         int8 = opts.precision == "int8"
         fixed, what = fixed_specs(artifact.inputs)
+        kept = [] if opts.keep_nchw else channel_last_inputs(artifact.path, fixed)
         calib: tuple[dict[str, np.ndarray], DataSet] | None = None
         if int8:  # checked first: no calibration data must fail before minutes of conversion
-            calib = calibration_arrays(fixed, ctx.calibration, opts.calibration_samples, opts.keep_nchw)
+            calib = calibration_arrays(fixed, ctx.calibration, opts.calibration_samples, opts.keep_nchw, kept)
         child_dir = ctx.workdir / "onnx2tf"
         child_dir.mkdir(parents=True, exist_ok=True)
         static = child_dir / "model.onnx"  # onnx2tf names its files after this one: model_float32.tflite
@@ -394,8 +432,8 @@ class TfliteFromOnnx(Converter):
         out_dir = child_dir / "out"
         kwargs: dict[str, Any] = {"input_onnx_file_path": str(static), "output_folder_path": str(out_dir),
                                   "not_use_onnxsim": True, "non_verbose": True}
-        if opts.keep_nchw:
-            kwargs["keep_shape_absolutely_input_names"] = [s.name for s in fixed]
+        if opts.keep_nchw or kept:
+            kwargs["keep_shape_absolutely_input_names"] = [s.name for s in fixed] if opts.keep_nchw else kept
         inputs_for_key = [static, child_dir / SAMPLE_FILE]
         if calib is not None:
             cind = []
@@ -420,15 +458,18 @@ class TfliteFromOnnx(Converter):
         shutil.copyfile(produced, final)
         tflite = Artifact(format="tflite", path=final, inputs=fixed, output_names=list(artifact.output_names),
                           precision=opts.precision, files=[final])
-        layouts, out_layouts, check = resolve_layouts(tflite, artifact.path, fixed, ctx.threads, opts.keep_nchw)
+        layouts, out_layouts, check = resolve_layouts(tflite, artifact.path, fixed, ctx.threads, opts.keep_nchw,
+                                                      kept)
         for s in fixed if calib is not None else []:
-            if is_channel_last(layouts.get(s.name)) != is_channel_last(tf_layout(s, opts.keep_nchw)):
-                raise ConversionError(f"tflite int8: input {s.name} was calibrated as {tf_layout(s, opts.keep_nchw)} "
+            calibrated = tf_layout(s, opts.keep_nchw, kept)
+            if is_channel_last(layouts.get(s.name)) != is_channel_last(calibrated):
+                raise ConversionError(f"tflite int8: input {s.name} was calibrated as {calibrated} "
                                       f"but the TFLite model takes it as {layouts.get(s.name, 'the source layout')}")
         details: dict[str, Any] = {
             "onnx2tf": package_version("onnx2tf"), "precision": opts.precision, "onnx2tf_run": run_note,
             "fixed shapes": what, "input_shapes": {s.name: list(s.example_shape()) for s in fixed},
             "input_layout": layouts, "output_layout": out_layouts, "keep_nchw": opts.keep_nchw,
+            "kept_channel_last_inputs": kept,
             "onnx2tf_sample_images": images_from, "check_vs_onnx": check, "ops": _op_histogram(final),
             "io_dtypes": _io_dtypes(tflite.derive(layout=layouts, output_layout=out_layouts), ctx.threads),
         }
@@ -436,7 +477,7 @@ class TfliteFromOnnx(Converter):
             data = calib[1]
             details["int8"] = {
                 "calibration_data": data.description, "calibration_samples": len(data),
-                "calibration_layout": {s.name: tf_layout(s, opts.keep_nchw) for s in fixed},
+                "calibration_layout": {s.name: tf_layout(s, opts.keep_nchw, kept) for s in fixed},
                 "normalization": "none (mean 0, std 1: data already preprocessed)",
                 "quant_type": "per-channel", "int8_io": opts.int8_io, "onnx2tf_file": wanted,
             }

@@ -17,6 +17,7 @@ class FormatSpec:
     suffixes: tuple[str, ...] = ()
     is_directory: bool = False
     aliases: tuple[str, ...] = field(default=())
+    layout: str = "NCHW"  # how image files are laid out for a source of this format, unless the job says
 
 
 BUILTIN_FORMATS = (
@@ -27,5 +28,9 @@ BUILTIN_FORMATS = (
     FormatSpec("openvino", "OpenVINO IR (.xml + .bin)", (".xml",), aliases=("ov", "openvino-ir")),
     FormatSpec("ncnn", "NCNN (.param + .bin)", (".param",)),
     FormatSpec("tflite", "TensorFlow Lite / LiteRT flatbuffer", (".tflite",), aliases=("litert",)),
+    FormatSpec("keras", "Keras model: Keras 3 .keras archive or legacy .h5 (tf_keras)", (".keras", ".h5", ".hdf5"),
+               layout="NHWC"),
+    FormatSpec("savedmodel", "TensorFlow SavedModel directory (serving_default signature)", is_directory=True,
+               aliases=("saved-model", "tf-savedmodel"), layout="NHWC"),
     FormatSpec("tensorrt", "TensorRT serialized engine (GPU)", (".engine", ".plan"), aliases=("trt",)),
 )

@@ -15,11 +15,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class SourceRequest:
-    """What the user asked to load."""
+    """What the user asked to load. ``threads``: the job's thread count, for runtimes whose thread pools
+    must be sized before the model is loaded (TensorFlow)."""
 
     spec: str
     inputs: list[TensorSpec] | None = None
     weights: Path | None = None
+    threads: int | None = None
 
 
 class SourceLoader:

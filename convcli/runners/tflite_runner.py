@@ -209,7 +209,9 @@ class TfliteSession(Session):
             found = layout_candidates(specs[name], det["shape"])
             # Where shapes cannot tell (two candidates), the source's own layout (listed first) is assumed.
             layout = given.get(name, found[0] if found else None)
-            if layout is not None and layout != "same":
+            # An inferred layout is named only when it transposes: the source's own (listed as channel-first)
+            # may be NHWC already (a TensorFlow source).
+            if layout is not None and layout != "same" and (name in given or is_channel_last(layout)):
                 self.layouts[name] = layout
         self.output_layouts = {**artifact.output_layout, **(output_layouts or {})}
         first = next(iter(self.in_map.values()), None)
