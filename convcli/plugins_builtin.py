@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "convcli.converters.onnx_to_tensorrt",
     "convcli.passes.simplify_onnx",
     "convcli.passes.prune_pytorch",
+    "convcli.passes.fp16_onnx", "convcli.passes.quantize_onnx",
     "convcli.runners.torch_runner",
     "convcli.runners.onnxruntime_runner",
     "convcli.converters.onnx_to_tflite", "convcli.runners.tflite_runner",

@@ -48,3 +48,28 @@ def raises() -> nn.Module:
 
 def not_a_module() -> object:
     return {"weights": 1}
+
+
+def outlier_digits() -> nn.Module:
+    """The trained digits CNN with one channel of its second conv scaled up 2000x and the classifier's weights
+    for that channel scaled down by the same factor. ReLU and max-pooling commute with a positive scale, so the
+    float model computes the same function; but one activation channel now spans a range 2000x the others, so
+    per-tensor int8 of that activation rounds the other 31 channels to nothing. The model for accuracy-aware
+    INT8: it needs at least one layer kept in float."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("convcli_test_digits_cnn", root / "recipes/models/digits_cnn.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_trained()
+    channel, factor = 5, 2000.0
+    bn, fc = model.features[4], model.classifier[1]
+    with torch.no_grad():
+        bn.weight[channel] *= factor
+        bn.bias[channel] *= factor
+        per_channel = fc.in_features // bn.num_features
+        fc.weight[:, channel * per_channel:(channel + 1) * per_channel] /= factor
+    return model.eval()
