@@ -29,6 +29,8 @@ def convert(
     data: Path = typer.Option(None, "--data", help="Parity inputs: .npy/.npz or an image folder (default: random)."),
     validation: Path = typer.Option(None, "--validation", help="Labelled images (class folders or CSV) for accuracy."),
     calibration: Path = typer.Option(None, "--calibration", help="Calibration data for INT8 steps."),
+    calibration_samples: int = typer.Option(None, "--calibration-samples", min=1,
+                                            help="Calibration samples for INT8 steps (default 64)."),
     prune: str = typer.Option(None, "--prune", help="Prune before export: structured:RATIO or unstructured:RATIO."),
     train: Path = typer.Option(None, "--train", help="Labelled images for recovery fine-tuning after pruning."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Recovery fine-tuning epochs (needs --train)."),
@@ -87,8 +89,8 @@ def _batches(batch: str | None) -> list[int] | None:
 
 def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weights: Path | None, precision: str,
              option: list[str] | None, opset: int | None, exporter: str | None, data: Path | None,
-             validation: Path | None, calibration: Path | None, prune: str | None, train: Path | None,
-             finetune_epochs: int, samples: int | None, batch: str | None,
+             validation: Path | None, calibration: Path | None, calibration_samples: int | None,
+             prune: str | None, train: Path | None, finetune_epochs: int, samples: int | None, batch: str | None,
              runs: int | None, threads: int | None, no_latency: bool, no_simplify: bool, require_all: bool,
              json_out: bool) -> None:
     from convcli.cli.common import STATE
@@ -96,7 +98,8 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
     from convcli.reports.terminal import render_terminal
 
     spec = build_job(model, to, inputs, weights, precision, _step_options(option, opset, exporter), output,
-                     parity=data, validation=validation, calibration=calibration, train=train,
+                     parity=data, validation=validation, calibration=calibration,
+                     calibration_samples=calibration_samples, train=train,
                      prune=_prune_options(prune, finetune_epochs), samples=samples,
                      batches=_batches(batch), runs=runs, threads=threads, enabled=not no_latency,
                      simplify=not no_simplify, require_all=require_all)
