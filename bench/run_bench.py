@@ -37,6 +37,11 @@ MODELS: dict[str, dict[str, Any]] = {
                            "batches": "1,8", "image": 224},
     "tiny_transformer": {"model": f"{ROOT}/recipes/models/tiny_transformer.py:build", "batches": "1,8",
                          "calib_ids": True},
+    # TensorFlow source: keras.applications.MobileNetV2(weights=None), written by bench/keras_mobilenet_v2.py.
+    "keras_mobilenet_v2": {"model": OUT / "keras_mobilenet_v2.keras", "make": "bench/keras_mobilenet_v2.py",
+                           "batches": "1,8", "image": 224, "nhwc": True,
+                           "targets": "onnx:fp32+fp16+int8,openvino:fp32+fp16+int8,ncnn:fp32+fp16,"
+                                      "tflite:fp32+fp16+int8"},
 }
 TARGETS = "onnx:fp32+fp16+int8,openvino:fp32+fp16+int8,ncnn:fp32+fp16+int8,tflite:fp32+fp16+int8,tensorrt:fp16"
 
@@ -56,9 +61,11 @@ def calibration_npz(name: str, spec: dict[str, Any]) -> Path:
     rng = np.random.default_rng(0)
     if spec.get("calib_ids"):
         np.savez(path, input_ids=rng.integers(0, 1000, size=(32, 16)).astype(np.int64))
-    else:
-        size = spec["image"]
-        np.savez(path, x=rng.uniform(0, 1, size=(16, 3, size, size)).astype(np.float32))
+        return path
+    size = spec["image"]
+    shape = (16, size, size, 3) if spec.get("nhwc") else (16, 3, size, size)
+    path = path.with_suffix(".npy")  # one input: a .npy feeds it whatever its name
+    np.save(path, rng.uniform(0, 1, size=shape).astype(np.float32))
     return path
 
 
@@ -67,7 +74,11 @@ def bench_models(names: list[str]) -> dict[str, Any]:
     for name in names:
         spec = MODELS[name]
         out = OUT / name
-        cmd = [*CONVCLI, "convert", spec["model"], "--to", TARGETS, "-o", out, "--batch", spec["batches"],
+        if spec.get("make") and not Path(spec["model"]).exists():
+            code, seconds, log = run([sys.executable, ROOT / spec["make"], spec["model"]])
+            assert code == 0, log
+        cmd = [*CONVCLI, "convert", spec["model"], "--to", spec.get("targets", TARGETS), "-o", out,
+               "--batch", spec["batches"],
                "--runs", "20", "--samples", "16"]
         if spec.get("weights"):
             cmd += ["--weights", spec["weights"]]
@@ -94,7 +105,8 @@ def models_markdown(results: dict[str, Any]) -> str:
         src = report["source"]
         batches = list(src["latency_by_batch"])
         lines += [f"### {name}", "",
-                  f"Source: PyTorch eager, {report['settings']['threads']} threads; converted and measured in "
+                  f"Source: {src.get('runner') or src['format']}, {report['settings']['threads']} threads; "
+                  "converted and measured in "
                   f"{res['seconds']:.0f} s (exit {res['exit']}). Fastest artifact that passed: "
                   f"**{report['fastest_passed']}**.", ""]
         head = ["artifact", "status"] + [f"p50 ms b={b}" for b in batches] + \
@@ -102,7 +114,7 @@ def models_markdown(results: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         acc = f"{src['accuracy'] * 100:.2f}%" if src.get("accuracy") is not None else "-"
         size = f"{src['size_bytes'] / 1e6:.2f} MB" if src.get("size_bytes") else "-"
-        lines.append("| " + " | ".join(["source (PyTorch)", "reference"]
+        lines.append("| " + " | ".join([f"source ({src['format']})", "reference"]
                                        + [fmt_ms(src["latency_by_batch"].get(b)) for b in batches]
                                        + ["1.00x"] * len(batches) + [size, "-", "-", acc, "-"]) + " |")
         step_seconds = {s["id"]: s["seconds"] for s in report["steps"]}
@@ -315,6 +327,8 @@ def write(state: dict[str, Any]) -> None:
         parts.append(cache_markdown(state["cache"], state.get("overhead")))
     if "coverage" in state:
         parts.append(coverage_markdown(state["coverage"]))
+    elif DOC.exists() and "\n## Coverage" in DOC.read_text():  # an earlier run's table, not re-measured this time
+        parts.append("## Coverage" + DOC.read_text().split("\n## Coverage", 1)[1].rstrip() + "\n")
     DOC.write_text("\n".join(parts) + "\n")
     print(f"wrote {DOC}")
 

@@ -441,7 +441,7 @@ class Evaluation:
         if cached is not None:
             row = ArtifactReport.model_validate(cached)
             row.cached = True
-            self._end(f"check {entry.id}", True, "cached")
+            self._end(f"measure {entry.id}", True, "cached")
             return row
         artifact = entry.artifact
         common: dict[str, Any] = dict(base, path=str(artifact.path.name) if artifact.path else None,
@@ -449,17 +449,17 @@ class Evaluation:
                       input_layout=artifact.layout, details=_jsonable(artifact.details))
         ref = self.reference()
         data = self.data.get()
-        self._begin(f"check {entry.id}")
+        self._begin(f"measure {entry.id}")
         try:
             got = measure_model(self.registry, artifact, data.parity, data.labelled, self.settings)
         except ConvcliError as exc:
             row = ArtifactReport(**common, status="unavailable" if isinstance(exc, UnavailableError) else "error",
                                  error=exc.one_line())
-            self._end(f"check {entry.id}", False, row.error or "")
+            self._end(f"measure {entry.id}", False, row.error or "")
             return row
         except Exception as exc:
             row = ArtifactReport(**common, status="error", error=f"running the artifact failed: {first_line(exc)}")
-            self._end(f"check {entry.id}", False, row.error or "")
+            self._end(f"measure {entry.id}", False, row.error or "")
             return row
         tol = self.tolerances.get(artifact.precision, Tolerance())
         names = artifact.output_names or self.outputs
@@ -468,7 +468,7 @@ class Evaluation:
                              latency_ms=_headline(got.latency),
                              latency_by_batch={str(b): s for b, s in got.latency.items()})
         self.cache.store_json("measure", entry.key, row.model_dump(mode="json"))
-        self._end(f"check {entry.id}", parity.passed)
+        self._end(f"measure {entry.id}", True)  # the verdict (tolerances, gates) is the report's
         return row
 
     def report(self, entries: list[Entry], steps: list[StepRecord], source_key: str) -> Report:

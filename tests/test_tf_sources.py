@@ -180,6 +180,47 @@ def test_keras_digits_accuracy_and_both_tflite_paths(cli, tmp_path: Path) -> Non
     assert '"layout": "NHWC"' in manifest, "the job records the image layout it used"
 
 
+def test_keras_digits_native_tflite_int8_calibrated_float_and_int8_io(cli, tmp_path: Path) -> None:
+    """Full-integer TFLite from TensorFlow's own converter: calibrated on --calibration (the count honoured),
+    builtin int8 kernels only, float or int8 I/O; both within 1 point of the Keras model's accuracy."""
+    out = tmp_path / "out"
+    res = cli("convert", KERAS_DIGITS, "--to", "tflite:int8", "-O", "tflite.calibration_samples=40",
+              "--calibration", ROOT / "calibration_data/digits/calib", "--validation", DIGITS_VAL, "-o", out,
+              "--no-latency")
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    row = report["artifacts"][0]
+    assert row["status"] == "passed" and row["chain"] == "keras -> TfliteFromKeras", row
+    assert row["accuracy_drop"] <= 0.01, row["accuracy_drop"]
+    int8 = row["details"]["int8"]
+    assert int8["calibration_samples"] == 40 and "digits/calib" in int8["calibration_data"]
+    assert int8["supported_ops"] == "TFLITE_BUILTINS_INT8" and not int8["int8_io"]
+    interp = Interpreter(model_path=str(out / row["path"]))
+    assert interp.get_input_details()[0]["dtype"] == np.float32
+    ops = row["details"]["ops"]
+    assert ops.get("QUANTIZE", 0) >= 1 and ops.get("CONV_2D", 0) >= 1
+
+    out_io = tmp_path / "out-io"
+    res = cli("convert", KERAS_DIGITS, "--to", "tflite:int8", "-O", "tflite.int8_io=true",
+              "--calibration", ROOT / "calibration_data/digits/calib", "--validation", DIGITS_VAL, "-o", out_io,
+              "--no-latency")
+    assert res.exit_code == 0, res.output
+    row = res.report(out_io)["artifacts"][0]
+    assert row["status"] == "passed" and row["accuracy_drop"] <= 0.01
+    interp = Interpreter(model_path=str(out_io / row["path"]))
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert interp.get_output_details()[0]["dtype"] == np.int8
+
+
+def test_native_tflite_int8_without_calibration_is_that_targets_error(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = cli("convert", KERAS_DIGITS, "--to", "tflite:fp32+int8", "-o", out, "--no-latency", *FAST)
+    assert res.exit_code == 3, res.output
+    rows = {r["id"]: r for r in res.report(out)["artifacts"]}
+    assert rows["tflite-fp32"]["status"] == "passed"
+    assert rows["tflite-int8"]["status"] == "error" and "--calibration" in rows["tflite-int8"]["error"]
+
+
 def test_bad_tensorflow_sources_exit_2_with_a_clear_message(cli, tf_models, tmp_path: Path) -> None:
     broken = tmp_path / "broken.keras"
     broken.write_bytes(KERAS_DIGITS.read_bytes()[:2000])  # a truncated download
@@ -220,3 +261,12 @@ def test_recipe_validates_and_cli_help_imports_no_tensorflow(cli) -> None:
     imported = {ln.rsplit("|", 1)[-1].strip().split(".")[0] for ln in proc.stderr.splitlines() if "|" in ln}
     assert "convcli" in imported
     assert not imported & {"tensorflow", "keras", "tf_keras", "tf2onnx"}
+
+
+def test_tensorflow_then_torch_export_in_one_process_does_not_crash() -> None:
+    """A Keras recipe and then a PyTorch one in one process: torch._dynamo imports triton, which segfaults when
+    loaded after TensorFlow unless import_tensorflow loaded it first."""
+    code = ("from convcli.sources.tf_sources import import_tensorflow\nimport_tensorflow(2)\n"
+            "import torch._dynamo\nprint('both loaded')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and "both loaded" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -8,6 +8,11 @@ onnx2tf path, and both rows can sit in one report.
   ``from_concrete_functions`` is never used: with Keras 3 it produces a model that outputs NaN.
 * fp16 is TensorFlow's float16 weight quantization (``Optimize.DEFAULT`` + ``supported_types=[float16]``):
   fp16 weights dequantized at load, float32 inputs and outputs.
+* int8 is full-integer post-training quantization: a representative dataset made of the job's
+  ``--calibration`` samples (never random data; without them the step fails before converting), builtin int8
+  kernels only (``TFLITE_BUILTINS_INT8``: an op without one fails the conversion instead of silently staying
+  float), float32 inputs/outputs by default or int8 with ``int8_io`` (the LiteRT runner quantizes feeds and
+  dequantizes outputs with each tensor's scale and zero point, so parity compares floats).
 * The converter keeps TensorFlow's input shapes and names (an NHWC input stays NHWC; the batch stays
   dynamic in the signature, 1 in the tensor, which the LiteRT runner handles by running batch 1 chunks), so
   the artifact takes the same feed as the source: no layout mapping.
@@ -24,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from convcli.converters.tf_to_onnx import run_tf_child, source_model
@@ -36,18 +42,25 @@ from convcli.core.registry import Registry
 from convcli.core.step import Converter, StepContext
 from convcli.core.tensors import TensorSpec
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
-from convcli.parity.data import random_data
+from convcli.parity.data import DataSet, random_data
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+FLOAT_PRECISIONS = ("fp32", "fp16")  # written by one shared child run; int8 runs its own (calibration data)
 # Output folders of this process's converter runs, by run key (source content, input specs, versions).
 _RUNS: dict[str, Path] = {}
 
 
 class TfliteTfOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    precision: Literal["fp32", "fp16"] = Field(
-        default="fp32", description="fp32, or fp16 weights (float32 I/O). Set by the target's precision.")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32", description="fp32, fp16 weights (float32 I/O), or full-integer int8 calibrated on "
+                                    "--calibration data. Set by the target's precision.")
     timeout_s: float = Field(default=600.0, gt=0, description="Seconds the TFLiteConverter child may run.")
+    int8_io: bool = Field(default=False, description="int8 only: int8 inputs and outputs; default: float32 "
+                                                     "inputs/outputs with int8 inside.")
+    calibration_samples: int | None = Field(
+        default=None, ge=1, description="int8 only: calibrate on the first N calibration samples; default: all "
+                                        "the job loaded (--calibration-samples).")
 
 
 def open_dims(specs: list[TensorSpec]) -> dict[str, dict[str, int]]:
@@ -86,7 +99,51 @@ def child_to_tflite(args: dict[str, Any]) -> None:
         if precision == "fp16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
+        if precision == "int8":
+            import numpy as np
+
+            calib = np.load(args["calibration"])
+            arrays = [calib[s.name] for s in specs]
+
+            def representative(arrays: list[Any] = arrays) -> Any:
+                for i in range(arrays[0].shape[0]):
+                    yield [a[i : i + 1] for a in arrays]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = tf.int8 if args["int8_io"] else tf.float32
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
         (out / f"model_{precision}.tflite").write_bytes(converter.convert())
+
+
+def calibration_file(specs: list[TensorSpec], calibration: DataSet | None, samples: int | None,
+                     workdir: Path) -> tuple[Path, DataSet]:
+    """The calibration samples as one .npz keyed by input name (the child's representative dataset).
+
+    Raises ConversionError without calibration data (int8 is never calibrated on random data) or when the
+    data does not fit an input (the native converter keeps TensorFlow's own NHWC shapes).
+    """
+    if calibration is None or len(calibration) == 0:
+        raise ConversionError("tflite int8 needs calibration data: pass --calibration (a folder of images, or "
+                              ".npy/.npz of preprocessed inputs)",
+                              hint="full-integer quantization is calibrated on real inputs, never on random data")
+    data = calibration.take(samples)
+    arrays: dict[str, np.ndarray] = {}
+    for s in specs:
+        arr = data.inputs.get(s.name)
+        if arr is None:
+            raise ConversionError(f"calibration data {data.description} has no array for input {s.name}")
+        want = tuple(s.example_shape()[1:])
+        if tuple(arr.shape[1:]) != want:
+            raise ConversionError(f"calibration data for {s.name} has sample shape {tuple(arr.shape[1:])}; the "
+                                  f"TFLite model takes {want}", hint="check the data's layout (TensorFlow "
+                                                                    "sources take NHWC images)")
+        arrays[s.name] = np.ascontiguousarray(arr, dtype=np.dtype(s.dtype))
+    path = workdir / "calibration.npz"
+    np.savez(path, **arrays)
+    return path, data
 
 
 def tflite_ops(path: Path) -> dict[str, int]:
@@ -125,16 +182,18 @@ def check_vs_source(model: Any, tflite: Artifact, threads: int, precision: str) 
 
 
 class TfliteFromKeras(Converter):
-    """Keras (.keras / .h5) -> .tflite with tf.lite.TFLiteConverter.from_keras_model, fp32 or fp16."""
+    """Keras (.keras / .h5) -> .tflite with tf.lite.TFLiteConverter.from_keras_model: fp32, fp16 or int8."""
 
     name = "TfliteFromKeras"
     source = "keras"
     target = "tflite"
-    summary = "tf.lite.TFLiteConverter (child process), TensorFlow's layout and names kept; fp16 weights"
+    summary = ("tf.lite.TFLiteConverter (child process), TensorFlow's layout and names kept; fp16 weights, "
+               "full-integer int8")
     requires = ("tensorflow", "ai_edge_litert")
     cost = 1.0  # below OnnxFromKeras + TfliteFromOnnx (2.0): the native converter is the default path
     precisions = PRECISIONS
     Options = TfliteTfOptions
+    uses_calibration = True  # int8 calibrates on it (part of the cache key)
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         opts: TfliteTfOptions = self.options  # type: ignore[assignment]
@@ -146,9 +205,14 @@ class TfliteFromKeras(Converter):
             raise ConversionError(f"TFLite needs static sizes except the batch; the SavedModel's inputs leave "
                                   f"{dims} open", hint="use --to tflite@TfliteFromOnnx (it fixes the sizes), or "
                                                        "re-export the SavedModel with static sizes")
+        int8 = opts.precision == "int8"
+        calib: tuple[Path, DataSet] | None = None
+        if int8:  # checked first: no calibration data must fail before a TensorFlow import
+            calib = calibration_file(artifact.inputs, ctx.calibration, opts.calibration_samples, ctx.workdir)
         key = make_key("tf-tflite", artifact.format, sha256_tree(source_path),
                        [s.model_dump() for s in artifact.inputs],
-                       {m: package_version(m) for m in ("tensorflow", "keras", "tf_keras")})
+                       {m: package_version(m) for m in ("tensorflow", "keras", "tf_keras")},
+                       sha256_tree(calib[0]) if calib else None, opts.int8_io if int8 else None)
         wanted = f"model_{opts.precision}.tflite"
         earlier = _RUNS.get(key)
         if earlier is not None and (earlier / wanted).is_file():
@@ -156,9 +220,11 @@ class TfliteFromKeras(Converter):
         else:
             out = ctx.workdir / "tflite"
             args = {"kind": artifact.format, "path": str(source_path), "out": str(out), "threads": ctx.threads,
-                    "inputs": [s.model_dump() for s in artifact.inputs], "precisions": list(PRECISIONS)}
+                    "inputs": [s.model_dump() for s in artifact.inputs],
+                    "precisions": [opts.precision] if int8 else list(FLOAT_PRECISIONS),
+                    "calibration": str(calib[0]) if calib else None, "int8_io": opts.int8_io}
             run_tf_child("convcli.converters.tf_to_tflite:child_to_tflite", args, "TFLiteConverter", ctx.workdir,
-                         opts.timeout_s, hint="an op TFLite's builtin set lacks? try --to tflite@TfliteFromOnnx")
+                         opts.timeout_s, hint="an op TFLite's builtin (int8) set lacks? try --to tflite@TfliteFromOnnx")
             produced, run_note = out / wanted, "ran"
             if not produced.is_file():
                 raise ConversionError(f"TFLiteConverter exited without writing {wanted}")
@@ -178,11 +244,17 @@ class TfliteFromKeras(Converter):
         }
         if opts.precision == "fp16":
             details["fp16"] = "float16 weights (Optimize.DEFAULT, supported_types=[float16]), float32 I/O"
+        if calib is not None:
+            details["int8"] = {
+                "calibration_data": calib[1].description, "calibration_samples": len(calib[1]),
+                "representative_dataset": "the calibration samples, one per call, in the source's layout",
+                "supported_ops": "TFLITE_BUILTINS_INT8", "int8_io": opts.int8_io,
+            }
         return tflite.derive(details=details)
 
 
 class TfliteFromSavedmodel(TfliteFromKeras):
-    """SavedModel (serving_default) -> .tflite with tf.lite.TFLiteConverter.from_saved_model, fp32 or fp16."""
+    """SavedModel (serving_default) -> .tflite with tf.lite.TFLiteConverter.from_saved_model: fp32, fp16, int8."""
 
     name = "TfliteFromSavedmodel"
     source = "savedmodel"

@@ -114,6 +114,10 @@ class Int8Options(BaseModel):
     preprocess: bool = Field(default=True, description="Run onnxruntime's quant_pre_process first.")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names never quantized.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types never quantized.")
+    quantize_activation_matmuls: bool = Field(
+        default=False, description="dynamic mode: also quantize MatMuls of two activations (attention scores and "
+                                   "context); off by default: their per-tensor run-time ranges cost the most "
+                                   "accuracy and they hold no weights to shrink.")
     guard_attention_mask: bool = Field(
         default=True, description="Never quantize attention-mask arithmetic (see the step's documentation).")
     max_accuracy_drop: float | None = Field(
@@ -233,6 +237,16 @@ def integer_inputs(model: Any) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits and i.type.tensor_type.elem_type not in floats]
 
 
+def activation_matmuls(model: Any) -> list[str]:
+    """MatMul nodes whose inputs are both activations (neither is a weight, nor computed from weights alone)."""
+    const = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:  # topological order: constants fold forward (Transpose of a weight, ...)
+        if node.op_type == "Constant" or (node.input and all(not i or i in const for i in node.input)):
+            const.update(node.output)
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and not any(i in const for i in n.input)]
+
+
 def attention_mask_nodes(model: Any) -> list[str]:
     """Add/Mul/Where/Sub nodes that mix a mask-like tensor into activations (see the module doc)."""
     from onnx import numpy_helper
@@ -291,8 +305,12 @@ def quantized_nodes(base: Any, quantized: Any, static: bool, excluded: set[str])
         return [n.name for n in base.graph.node if n.name in names and n.name not in excluded]
     remaining = {(n.name, n.op_type) for n in quantized.graph.node}
     dq_outputs = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    fed = {n.name for n in quantized.graph.node if any(i in dq_outputs for i in n.input)}  # int8 embedding tables
-    return [n.name for n in base.graph.node if (n.name, n.op_type) not in remaining or n.name in fed]
+    dq_inputs = {i for n in quantized.graph.node if n.op_type == "DequantizeLinear" for i in n.input}
+    # int8 embedding tables: the Gather reads the int8 table and a DequantizeLinear follows it (or, in other ORT
+    # versions, precedes it). The Gather is the quantized node; its consumers see float values again.
+    gathers = {n.name for n in quantized.graph.node if n.op_type == "Gather"
+               and (any(o in dq_inputs for o in n.output) or any(i in dq_outputs for i in n.input))}
+    return [n.name for n in base.graph.node if (n.name, n.op_type) not in remaining or n.name in gathers]
 
 
 class _Search:
@@ -413,6 +431,8 @@ class QuantizeOnnxInt8(Pass):
         onnx.save(base, str(base_path))
         user_excluded = self._check_exclusions(base, opts, artifact.path.name)
         guarded = attention_mask_nodes(base) if static and opts.guard_attention_mask else []
+        activation_mm = [] if static or opts.quantize_activation_matmuls else activation_matmuls(base)
+        gemms = {n.name for n in base.graph.node if n.op_type == "Gemm"}
         op_types = self._op_types(static, opts)
 
         calib_set, check_set, held_out = self._split(calibration, ctx, opts, static)
@@ -426,7 +446,9 @@ class QuantizeOnnxInt8(Pass):
 
         def quantize(float_layers: list[str], tag: str) -> Path:
             out = work / f"{tag}{next(counter)}.onnx"
-            exclude = sorted({*user_excluded, *guarded, *float_layers})
+            exclude = {*user_excluded, *guarded, *activation_mm, *float_layers}
+            # the dynamic quantizer rewrites a Gemm as "<name>_MatMul" + Add and matches exclusions on that name
+            exclude = sorted(exclude | {f"{n}_MatMul" for n in exclude & gemms})
             self._quantize(base_path, out, static, opts, op_types, exclude, calib_set, batch, fixed is not None, types,
                            cache, where)
             return out
@@ -436,7 +458,7 @@ class QuantizeOnnxInt8(Pass):
 
         first = quantize([], "q0")
         first_model = onnx.load(str(first), load_external_data=False)
-        always = {*user_excluded, *guarded}
+        always = {*user_excluded, *guarded, *activation_mm}
         quantized = quantized_nodes(base, first_model, static, always)
         if not quantized:
             raise ConversionError(f"{where}: ONNX Runtime quantized no node of {artifact.path.name}",
@@ -464,7 +486,7 @@ class QuantizeOnnxInt8(Pass):
             "preprocess": pre_note,
             "calibration": self._calibration_details(static, opts, calib_set, calibration),
             "excluded": {"user_nodes": user_excluded, "op_types": opts.exclude_op_types,
-                         "attention_mask_guard": guarded},
+                         "attention_mask_guard": guarded, "activation_matmuls": activation_mm},
             "nodes_quantized": len(final_quantized),
             "quantized_ops": dict(sorted(Counter(ops_by_name[n] for n in final_quantized).items())),
             "ops_after": op_counts(final_model),

@@ -14,6 +14,8 @@ loader pins them (``SourceRequest.threads``) before the first operation runs.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import io
 import os
 import re
@@ -67,6 +69,7 @@ def import_tensorflow(threads: int | None = None) -> Any:
     """``tensorflow``, imported quietly; with ``threads``, its thread pools pinned (see ``pin_threads``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules:
+        load_triton_first()
         with captured_fd2(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tf = require("tensorflow", "TensorFlow sources")
@@ -79,6 +82,21 @@ def import_tensorflow(threads: int | None = None) -> Any:
     if threads:
         pin_threads(tf, threads)
     return tf
+
+
+def load_triton_first() -> None:
+    """Import triton (a torch dependency) before TensorFlow, when it is installed.
+
+    Loading triton's native library after TensorFlow's segfaults the process (measured: ``import tensorflow;
+    import triton``), and ``torch.export``/the dynamo ONNX exporter imports triton through ``torch._dynamo``. A
+    process that loads a Keras model and later exports a PyTorch model (``convcli run`` over several recipes,
+    the test suite) would crash there. Loaded first, both work.
+    """
+    if "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    with contextlib.suppress(Exception), captured_fd2(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        importlib.import_module("triton")
 
 
 def pin_threads(tf: Any, threads: int) -> tuple[int, int]:
