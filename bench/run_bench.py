@@ -1,7 +1,7 @@
 """convcli benchmarks: every reference model to every target and precision, measured side by side in one run.
 
     .venv/bin/python bench/run_bench.py                 # all sections -> docs/benchmarks.md
-    .venv/bin/python bench/run_bench.py --only models   # one section (models | coverage | cache | overhead)
+    .venv/bin/python bench/run_bench.py --only models   # one section (models|pruning|coverage|cache|overhead)
 
 Numbers are medians on this shared, noisy 2-core machine; every comparison in a table comes from the same run
 (same process, same data, same thread count). Raw reports go to bench/out/.
@@ -215,6 +215,74 @@ def coverage_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- pruning -----------------------------------------------------------------------------------------------
+
+PRUNING = [  # (model, method:ratio, fine-tuning epochs): the digits CNN is trained (accuracy means something)
+    ("digits_cnn", "structured:0.3", 0), ("digits_cnn", "structured:0.3", 3), ("digits_cnn", "structured:0.5", 0),
+    ("digits_cnn", "structured:0.5", 3), ("digits_cnn", "structured:0.7", 3), ("digits_cnn", "unstructured:0.5", 0),
+    ("resnet18", "structured:0.3", 0), ("resnet18", "structured:0.5", 0),
+]
+
+
+def bench_pruning() -> dict[str, Any]:
+    """Pruning ratio vs parameters, MACs, latency (PyTorch source and its ONNX artifact) and accuracy."""
+    results = {}
+    for model, prune, epochs in PRUNING:
+        spec = MODELS[model]
+        label = f"{model} {prune}" + (f" +{epochs} epochs" if epochs else "")
+        out = OUT / "pruning" / label.replace(" ", "_").replace(":", "-").replace("+", "")
+        cmd = [*CONVCLI, "convert", spec["model"], "--to", "onnx", "-o", out, "--prune", prune,
+               "--batch", spec["batches"], "--runs", "20", "--samples", "16"]
+        if spec.get("weights"):
+            cmd += ["--weights", spec["weights"], "--validation", ROOT / "calibration_data/digits/val"]
+        if epochs:
+            cmd += ["--train", ROOT / "calibration_data/digits/train", "--finetune-epochs", str(epochs)]
+        code, seconds, log = run(cmd)
+        with (OUT / "pruning.log").open("a") as fh:
+            fh.write(log)
+        report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+        results[label] = {"exit": code, "seconds": seconds, "report": report}
+        print(f"pruning {label}: exit {code} in {seconds:.0f}s", flush=True)
+    return results
+
+
+def pruning_markdown(results: dict[str, Any]) -> str:
+    lines = ["## Pruning: ratio vs size, latency and accuracy", "",
+             "`convcli convert MODEL --to onnx --prune METHOD:RATIO [--train DIR --finetune-epochs N]`. Before and "
+             "after are measured side by side in one run (same data, same threads, p50 at batch 1). Structured "
+             "pruning removes channels (torch-pruning); unstructured zeroes weights and keeps dense shapes, so no "
+             "runtime here gets faster from it (expected). Accuracy on the digits validation split (ResNet-18 has "
+             "random weights: latency only).", "",
+             "| model | pruning | params | MACs | PyTorch p50 ms before -> after | ONNX p50 ms (pruned) | "
+             "accuracy before -> after (ONNX) | exit |", "|---|---|---|---|---|---|---|---|"]
+    for label, res in results.items():
+        report = res["report"]
+        model, _, prune = label.partition(" ")
+        if report is None or not report["source"].get("pruning"):
+            lines.append(f"| {model} | {prune} | - | - | - | - | - | {res['exit']} (no report) |")
+            continue
+        p = report["source"]["pruning"]
+        onnx = next((a for a in report["artifacts"] if a["format"] == "onnx"), {})
+
+        def ratio(key: str, p: dict[str, Any] = p) -> str:
+            a, b = p.get(f"{key}_before"), p.get(f"{key}_after")
+            return f"{b / a:.2f}x" if a and b else "-"
+
+        lat_b = (p["before"].get("latency_ms") or {}).get("p50")
+        lat_a = (p["after"].get("latency_ms") or {}).get("p50")
+        acc_b, acc_a = p["before"].get("accuracy"), p["after"].get("accuracy")
+        acc = "-"
+        if acc_b is not None and acc_a is not None:
+            acc = f"{acc_b * 100:.2f}% -> {acc_a * 100:.2f}% ({(onnx.get('accuracy') or 0) * 100:.2f}%)"
+        lines.append(f"| {model} | {prune} | {ratio('params')} | {ratio('macs')} | {fmt_num(lat_b)} -> "
+                     f"{fmt_num(lat_a)} | {fmt_ms(onnx.get('latency_ms'))} | {acc} | {res['exit']} |")
+    return "\n".join(lines) + "\n"
+
+
+def fmt_num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 # -- cache and overhead ---------------------------------------------------------------------------------
 
 def bench_cache(repeats: int = 3) -> dict[str, Any]:
@@ -288,16 +356,18 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["models", "coverage", "cache", "overhead"], action="append")
+    parser.add_argument("--only", choices=["models", "pruning", "coverage", "cache", "overhead"], action="append")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--coverage-models", default=",".join(FAMILIES))
     args = parser.parse_args()
-    sections = args.only or ["models", "coverage", "cache", "overhead"]
+    sections = args.only or ["models", "pruning", "coverage", "cache", "overhead"]
     OUT.mkdir(parents=True, exist_ok=True)
     state_path = OUT / "results.json"
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
     if "models" in sections:
         state["models"] = {**state.get("models", {}), **bench_models(args.models.split(","))}
+    if "pruning" in sections:
+        state["pruning"] = bench_pruning()
     if "coverage" in sections:
         previous = state.get("coverage", {})
 
@@ -323,6 +393,8 @@ def write(state: dict[str, Any]) -> None:
              "its 360-image validation split). `*` marks the fastest artifact that passed its checks.", ""]
     if "models" in state:
         parts.append(models_markdown(state["models"]))
+    if "pruning" in state:
+        parts.append(pruning_markdown(state["pruning"]))
     if "cache" in state:
         parts.append(cache_markdown(state["cache"], state.get("overhead")))
     if "coverage" in state:

@@ -212,6 +212,55 @@ def test_keras_digits_native_tflite_int8_calibrated_float_and_int8_io(cli, tmp_p
     assert interp.get_output_details()[0]["dtype"] == np.int8
 
 
+@pytest.fixture(scope="module")
+def int8_hostile_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Keras digits model, made hostile to per-tensor int8 activations without changing its float outputs:
+    conv 1's channel 0 scaled up 1000x (ReLU commutes with it), conv 2's weights reading it scaled down 1000x.
+    One int8 range for conv 1's output then crushes its other 7 channels to a few levels."""
+    import_tensorflow(threads=2)
+    import keras
+
+    model = keras.models.load_model(KERAS_DIGITS)
+    conv1, conv2 = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    kernel, bias = conv1.get_weights()
+    kernel[..., 0] *= 1000.0
+    bias[0] *= 1000.0
+    conv1.set_weights([kernel, bias])
+    kernel, bias = conv2.get_weights()
+    kernel[:, :, 0, :] /= 1000.0
+    conv2.set_weights([kernel, bias])
+    path = tmp_path_factory.mktemp("hostile") / "hostile_digits.keras"
+    model.save(path)
+    return path
+
+
+def test_native_tflite_int8_accuracy_aware_keeps_layers_in_float(cli, int8_hostile_keras: Path,
+                                                                 tmp_path: Path) -> None:
+    """Full-integer int8 loses most of the accuracy; TensorFlow's QuantizationDebugger ranks the layers and the
+    forward search keeps the two convolutions around the outlier tensor in float, then meets the 1-point budget."""
+    out = tmp_path / "out"
+    res = cli("convert", int8_hostile_keras, "--to", "tflite:int8", "--calibration",
+              ROOT / "calibration_data/digits/calib", "--validation", DIGITS_VAL, "-o", out, "--no-latency")
+    assert res.exit_code == 0, res.output
+    row = res.report(out)["artifacts"][0]
+    assert row["status"] == "passed" and row["accuracy_drop"] <= 0.01, row
+    search = row["details"]["int8"]["accuracy_aware"]
+    assert search["budget"]["metric"] == "accuracy_drop" and search["budget_met"]
+    assert search["steps"][0]["action"] == "quantize all" and search["steps"][0]["accuracy_drop"] > 0.05
+    assert 1 <= len(search["float_layers"]) <= 4
+    assert all("conv2d" in layer for layer in search["float_layers"]), search["float_layers"]
+    assert search["debugger_layer_errors"][0]["op"] == "CONV_2D"
+    assert "layers kept in float" in row["details"]["int8"]["supported_ops"]
+
+    missed = tmp_path / "missed"
+    res = cli("convert", int8_hostile_keras, "--to", "tflite:int8", "-O", "tflite.max_float_layers=1",
+              "--calibration", ROOT / "calibration_data/digits/calib", "--validation", DIGITS_VAL, "-o", missed,
+              "--no-latency")
+    assert res.exit_code == 3, res.output
+    error = res.report(missed)["artifacts"][0]["error"]
+    assert "missed its budget" in error and "max_float_layers" in error
+
+
 def test_native_tflite_int8_without_calibration_is_that_targets_error(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = cli("convert", KERAS_DIGITS, "--to", "tflite:fp32+int8", "-o", out, "--no-latency", *FAST)

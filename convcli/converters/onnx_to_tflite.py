@@ -345,17 +345,12 @@ def tf_layout(spec: TensorSpec, keep_nchw: bool, as_source: Collection[str] = ()
     return CHANNEL_FIRST[rank] if keep_nchw else CHANNEL_LAST[rank]
 
 
-def calibration_arrays(fixed: list[TensorSpec], calibration: DataSet | None, samples: int | None,
+def calibration_arrays(fixed: list[TensorSpec], calibration: DataSet, samples: int | None,
                        keep_nchw: bool, as_source: Collection[str] = ()) -> tuple[dict[str, np.ndarray], DataSet]:
     """Per input, the calibration samples in the layout of the TF model's input (what ``-cind`` reads).
 
-    Raises ConversionError when there is no calibration data (INT8 is never calibrated on random data) or
-    when it does not fit an input.
+    Raises ConversionError when the data does not fit an input.
     """
-    if calibration is None or len(calibration) == 0:
-        raise ConversionError("tflite int8 needs calibration data: pass --calibration (a folder of images, or "
-                              ".npy/.npz of preprocessed inputs)",
-                              hint="full-integer quantization is calibrated on real inputs, never on random data")
     data = calibration.take(samples)
     arrays: dict[str, np.ndarray] = {}
     for s in fixed:
@@ -422,7 +417,8 @@ class TfliteFromOnnx(Converter):
         kept = [] if opts.keep_nchw else channel_last_inputs(artifact.path, fixed)
         calib: tuple[dict[str, np.ndarray], DataSet] | None = None
         if int8:  # checked first: no calibration data must fail before minutes of conversion
-            calib = calibration_arrays(fixed, ctx.calibration, opts.calibration_samples, opts.keep_nchw, kept)
+            calib = calibration_arrays(fixed, ctx.require_calibration(f"tflite int8 ({self.name})"),
+                                       opts.calibration_samples, opts.keep_nchw, kept)
         child_dir = ctx.workdir / "onnx2tf"
         child_dir.mkdir(parents=True, exist_ok=True)
         static = child_dir / "model.onnx"  # onnx2tf names its files after this one: model_float32.tflite

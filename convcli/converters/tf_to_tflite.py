@@ -26,11 +26,13 @@ the fp32 and the fp16 file, and a later step of this process with the same sourc
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from convcli.converters.tf_to_onnx import run_tf_child, source_model
 from convcli.core.artifact import Artifact
@@ -43,15 +45,22 @@ from convcli.core.step import Converter, StepContext
 from convcli.core.tensors import TensorSpec
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
 from convcli.parity.data import DataSet, random_data
+from convcli.passes.quantize_onnx import BudgetOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# TFLite ops that only move or select data: keeping one in float saves no accuracy.
+DATA_MOVEMENT_OPS = {"RESHAPE", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE", "SQUEEZE", "PAD", "SLICE",
+                     "STRIDED_SLICE", "GATHER", "QUANTIZE", "DEQUANTIZE", "SPLIT", "PACK", "UNPACK", "RELU", "RELU6"}
+MAX_CANDIDATES = 12  # the debugger's worst layers the search tries (each try is a full conversion)
 FLOAT_PRECISIONS = ("fp32", "fp16")  # written by one shared child run; int8 runs its own (calibration data)
 # Output folders of this process's converter runs, by run key (source content, input specs, versions).
 _RUNS: dict[str, Path] = {}
 
 
-class TfliteTfOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TfliteTfOptions(BudgetOptions):
+    """Options of TfliteFromKeras / TfliteFromSavedmodel. The budget options apply to int8 (accuracy-aware:
+    TensorFlow's QuantizationDebugger ranks the layers, the most harmful are kept in float)."""
+
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32", description="fp32, fp16 weights (float32 I/O), or full-integer int8 calibrated on "
                                     "--calibration data. Set by the target's precision.")
@@ -61,6 +70,9 @@ class TfliteTfOptions(BaseModel):
     calibration_samples: int | None = Field(
         default=None, ge=1, description="int8 only: calibrate on the first N calibration samples; default: all "
                                         "the job loaded (--calibration-samples).")
+    check_samples: int = Field(
+        default=16, ge=1, description="int8 only: calibration samples held out for the cosine budget (used "
+                                      "without --validation).")
 
 
 def open_dims(specs: list[TensorSpec]) -> dict[str, dict[str, int]]:
@@ -74,7 +86,8 @@ def open_dims(specs: list[TensorSpec]) -> dict[str, dict[str, int]]:
 
 
 def child_to_tflite(args: dict[str, Any]) -> None:
-    """In the child: convert with TFLiteConverter once per precision into ``args["out"]``."""
+    """In the child: convert with TFLiteConverter once per precision into ``args["out"]``; int8 with a
+    budget runs the accuracy-aware search too (``int8_search``)."""
     from convcli.sources.tf_sources import import_tensorflow, load_tf_model
 
     tf = import_tensorflow(args["threads"])
@@ -91,44 +104,146 @@ def child_to_tflite(args: dict[str, Any]) -> None:
             inputs = [keras.Input(shape=tuple(s.example_shape()[1:]), name=s.name, dtype=s.dtype) for s in specs]
             packed = tf.nest.pack_sequence_as(keras_model.input, inputs)
             keras_model = keras.Model(inputs, keras_model(packed))
-    for precision in args["precisions"]:
+
+    def make_converter() -> Any:
         if keras_model is not None:
-            converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-        else:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=["serving_default"])
+            return tf.lite.TFLiteConverter.from_keras_model(keras_model)
+        return tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=["serving_default"])
+
+    for precision in args["precisions"]:
+        target = out / f"model_{precision}.tflite"
+        if precision == "int8":
+            int8 = Int8Converter(tf, make_converter, specs, args)
+            target.write_bytes(int8.convert([]))
+            if args.get("budget"):
+                int8_search(int8, target, specs, args, out / "int8_search.json")
+            continue
+        converter = make_converter()
         if precision == "fp16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
-        if precision == "int8":
-            import numpy as np
-
-            calib = np.load(args["calibration"])
-            arrays = [calib[s.name] for s in specs]
-
-            def representative(arrays: list[Any] = arrays) -> Any:
-                for i in range(arrays[0].shape[0]):
-                    yield [a[i : i + 1] for a in arrays]
-
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io_type = tf.int8 if args["int8_io"] else tf.float32
-            converter.inference_input_type = io_type
-            converter.inference_output_type = io_type
-        (out / f"model_{precision}.tflite").write_bytes(converter.convert())
+        target.write_bytes(converter.convert())
 
 
-def calibration_file(specs: list[TensorSpec], calibration: DataSet | None, samples: int | None,
+class Int8Converter:
+    """Full-integer TFLiteConverter runs on the calibration data, with some nodes optionally kept in float.
+
+    Without a deny-list: ``TFLITE_BUILTINS_INT8`` only (an op without an int8 kernel fails the conversion). With
+    one: TensorFlow's QuantizationDebugger converts (``denylisted_nodes``, the op output tensor names it lists),
+    and float builtins are allowed for the denied nodes.
+    """
+
+    def __init__(self, tf: Any, make_converter: Any, specs: list[TensorSpec], args: dict[str, Any]) -> None:
+        self.tf, self.make_converter, self.int8_io = tf, make_converter, bool(args["int8_io"])
+        calib = np.load(args["calibration"])
+        self.arrays = [calib[s.name] for s in specs]
+
+    def representative(self) -> Any:
+        for i in range(self.arrays[0].shape[0]):
+            yield [a[i : i + 1] for a in self.arrays]
+
+    def _converter(self, ops: list[Any]) -> Any:
+        tf = self.tf
+        converter = self.make_converter()
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = self.representative
+        converter.target_spec.supported_ops = ops
+        io_type = tf.int8 if self.int8_io else tf.float32
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+        return converter
+
+    def convert(self, denied: list[str]) -> bytes:
+        tf = self.tf
+        if not denied:
+            return bytes(self._converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8]).convert())
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied, fully_quantize=self.int8_io)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=self._converter(ops), debug_dataset=self.representative, debug_options=options)
+        return bytes(debugger.get_nondebug_quantized_model())
+
+    def layer_errors(self) -> list[dict[str, Any]]:
+        """Per quantized op, TensorFlow's own error measure: RMSE of (dequantized - float) output over its
+        quantization scale (the debugger's tutorial metric), on the calibration data, worst first."""
+        import csv
+        import io
+
+        tf = self.tf
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=self._converter(ops),
+                                                             debug_dataset=self.representative)
+        debugger.run()
+        buffer = io.StringIO()
+        debugger.layer_statistics_dump(buffer)
+        rows = []
+        for row in csv.DictReader(io.StringIO(buffer.getvalue())):
+            scale, mse = float(row.get("scale") or 0.0), float(row.get("mean_squared_error") or 0.0)
+            error = float(np.sqrt(mse) / scale) if scale > 0 else 0.0
+            rows.append({"layer": row["tensor_name"], "op": row["op_name"], "rmse_over_scale": round(error, 4)})
+        return sorted(rows, key=lambda r: -r["rmse_over_scale"])
+
+
+def int8_search(int8: Int8Converter, target: Path, specs: list[TensorSpec], args: dict[str, Any],
+                result_path: Path) -> None:
+    """Accuracy-aware int8 in the child: score the full-integer model on the budget data; when it misses the
+    budget, rank the quantized ops by the debugger's error and keep the most harmful in float
+    (``FloatFallbackSearch``, the ONNX step's forward selection) until the budget is met or a limit is hit.
+    ``target`` ends up holding the best model; the search's record goes to ``result_path``."""
+    from convcli.passes.quantize_onnx import Budget, FloatFallbackSearch, score_outputs
+    from convcli.runners.tflite_runner import TfliteSession
+
+    spec = args["budget"]
+    data = np.load(spec["data"])
+    budget_data = DataSet({s.name: data[f"in:{s.name}"] for s in specs},
+                          data.get("labels"), spec["description"])
+    refs = [data[k] for k in sorted((k for k in data if k.startswith("ref:")), key=lambda k: int(k[4:]))]
+    budget = Budget(spec["metric"], spec["limit"], budget_data, refs, spec.get("ref_accuracy"))
+    names = list(args["output_names"])
+
+    counter = iter(range(1_000_000))
+
+    def measure(layers: list[str]) -> tuple[Any, Path]:
+        file = target.with_name(f"trial_{next(counter)}.tflite")
+        file.write_bytes(int8.convert(layers))
+        art = Artifact(format="tflite", path=file, inputs=specs, output_names=names, precision="int8", files=[file])
+        session = TfliteSession(art, args["threads"])
+        try:
+            got = session(budget_data.inputs)
+        finally:
+            session.close()
+        return score_outputs(budget, names, got), file
+
+    first_score, first = measure([])
+    steps: list[dict[str, Any]] = [{"action": "quantize all", "float_layers": [], **first_score.as_dict(),
+                                    "budget_met": budget.met(first_score)}]
+    search = FloatFallbackSearch(budget, first, first_score, args["max_trials"],
+                                 time.perf_counter() + 0.6 * args["timeout_s"])
+    sensitivity: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    if not budget.met(first_score) and args["max_float_layers"] > 0:
+        errors = int8.layer_errors()
+        candidates = [e["layer"] for e in errors if e["rmse_over_scale"] > 0 and e["op"] not in DATA_MOVEMENT_OPS]
+        search.run(candidates[:MAX_CANDIDATES], args["max_float_layers"], measure, steps, sensitivity,
+                   {e["layer"]: e["op"] for e in errors})
+    target.write_bytes(search.best_path.read_bytes())
+    for trial in target.parent.glob("trial_*.tflite"):
+        trial.unlink()
+    result = {"budget": {"metric": budget.metric, "limit": budget.limit, "data": budget_data.description,
+                         "samples": len(budget_data), "float_accuracy": budget.ref_accuracy},
+              "steps": steps, "sensitivity": sensitivity, "debugger_layer_errors": errors,
+              "float_layers": search.best_layers, "result": search.best_score.as_dict(),
+              "budget_met": budget.met(search.best_score), "stopped": search.note, "trials": search.trials + 1}
+    result_path.write_text(json.dumps(result))
+
+
+def calibration_file(specs: list[TensorSpec], calibration: DataSet, samples: int | None,
                      workdir: Path) -> tuple[Path, DataSet]:
     """The calibration samples as one .npz keyed by input name (the child's representative dataset).
 
-    Raises ConversionError without calibration data (int8 is never calibrated on random data) or when the
-    data does not fit an input (the native converter keeps TensorFlow's own NHWC shapes).
+    Raises ConversionError when the data does not fit an input (the native converter keeps TensorFlow's own
+    NHWC shapes).
     """
-    if calibration is None or len(calibration) == 0:
-        raise ConversionError("tflite int8 needs calibration data: pass --calibration (a folder of images, or "
-                              ".npy/.npz of preprocessed inputs)",
-                              hint="full-integer quantization is calibrated on real inputs, never on random data")
     data = calibration.take(samples)
     arrays: dict[str, np.ndarray] = {}
     for s in specs:
@@ -194,6 +309,7 @@ class TfliteFromKeras(Converter):
     precisions = PRECISIONS
     Options = TfliteTfOptions
     uses_calibration = True  # int8 calibrates on it (part of the cache key)
+    uses_validation = True  # the int8 accuracy budget is measured on it
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         opts: TfliteTfOptions = self.options  # type: ignore[assignment]
@@ -207,12 +323,17 @@ class TfliteFromKeras(Converter):
                                                        "re-export the SavedModel with static sizes")
         int8 = opts.precision == "int8"
         calib: tuple[Path, DataSet] | None = None
+        budget: dict[str, Any] | None = None
         if int8:  # checked first: no calibration data must fail before a TensorFlow import
-            calib = calibration_file(artifact.inputs, ctx.calibration, opts.calibration_samples, ctx.workdir)
+            calibration, check = self._split(ctx.require_calibration(f"tflite int8 ({self.name})"), ctx, opts)
+            calib = calibration_file(artifact.inputs, calibration, None, ctx.workdir)
+            budget = self._budget(artifact, ctx, opts, check)
         key = make_key("tf-tflite", artifact.format, sha256_tree(source_path),
                        [s.model_dump() for s in artifact.inputs],
                        {m: package_version(m) for m in ("tensorflow", "keras", "tf_keras")},
-                       sha256_tree(calib[0]) if calib else None, opts.int8_io if int8 else None)
+                       sha256_tree(calib[0]) if calib else None,
+                       opts.model_dump(exclude={"timeout_s"}) if int8 else None,
+                       sha256_tree(Path(budget["data"])) if budget else None)
         wanted = f"model_{opts.precision}.tflite"
         earlier = _RUNS.get(key)
         if earlier is not None and (earlier / wanted).is_file():
@@ -222,13 +343,16 @@ class TfliteFromKeras(Converter):
             args = {"kind": artifact.format, "path": str(source_path), "out": str(out), "threads": ctx.threads,
                     "inputs": [s.model_dump() for s in artifact.inputs],
                     "precisions": [opts.precision] if int8 else list(FLOAT_PRECISIONS),
-                    "calibration": str(calib[0]) if calib else None, "int8_io": opts.int8_io}
+                    "calibration": str(calib[0]) if calib else None, "int8_io": opts.int8_io, "budget": budget,
+                    "output_names": list(artifact.output_names), "max_float_layers": opts.max_float_layers,
+                    "max_trials": opts.max_trials, "timeout_s": opts.timeout_s}
             run_tf_child("convcli.converters.tf_to_tflite:child_to_tflite", args, "TFLiteConverter", ctx.workdir,
                          opts.timeout_s, hint="an op TFLite's builtin (int8) set lacks? try --to tflite@TfliteFromOnnx")
             produced, run_note = out / wanted, "ran"
             if not produced.is_file():
                 raise ConversionError(f"TFLiteConverter exited without writing {wanted}")
             _RUNS[key] = out
+        search = self._search_result(produced.parent / "int8_search.json", opts) if budget else None
         final = ctx.workdir / "model.tflite"
         final.write_bytes(produced.read_bytes())
         tflite = Artifact(format="tflite", path=final, inputs=list(artifact.inputs),
@@ -248,9 +372,72 @@ class TfliteFromKeras(Converter):
             details["int8"] = {
                 "calibration_data": calib[1].description, "calibration_samples": len(calib[1]),
                 "representative_dataset": "the calibration samples, one per call, in the source's layout",
-                "supported_ops": "TFLITE_BUILTINS_INT8", "int8_io": opts.int8_io,
+                "supported_ops": "TFLITE_BUILTINS_INT8" if not (search and search["float_layers"])
+                else "TFLITE_BUILTINS_INT8 + TFLITE_BUILTINS (layers kept in float)", "int8_io": opts.int8_io,
+                "accuracy_aware": search if search is not None else "off (no budget: max_accuracy_drop and "
+                                                                      "min_cosine are null)",
             }
         return tflite.derive(details=details)
+
+    @staticmethod
+    def _split(calibration: DataSet, ctx: StepContext, opts: TfliteTfOptions) -> tuple[DataSet, DataSet | None]:
+        """Calibration samples and, for a cosine budget (no labelled set), held-out samples to check on."""
+        labelled = ctx.validation
+        n = len(calibration)
+        needs_check = opts.min_cosine is not None and (
+            opts.max_accuracy_drop is None or labelled is None or labelled.labels is None)
+        if opts.calibration_samples is not None:
+            calib_n = min(opts.calibration_samples, n)
+        elif needs_check and n >= 8:
+            calib_n = n - min(opts.check_samples, n // 4)
+        else:
+            calib_n = n
+        rest = DataSet({k: v[calib_n:] for k, v in calibration.inputs.items()}, None,
+                       f"{calibration.description}, samples {calib_n + 1}..{n} (held out)") if calib_n < n else None
+        check = rest.take(opts.check_samples) if rest is not None else calibration.take(opts.check_samples)
+        return calibration.take(calib_n), check if needs_check else None
+
+    def _budget(self, artifact: Artifact, ctx: StepContext, opts: TfliteTfOptions,
+                check: DataSet | None) -> dict[str, Any] | None:
+        """The budget data with the source's outputs on it, saved for the child; None without a budget."""
+        from convcli.parity.compare import accuracy
+
+        if opts.max_float_layers == 0 and opts.on_budget_miss == "keep_best":
+            return None
+        labelled = ctx.validation if opts.max_accuracy_drop is not None else None
+        if labelled is not None and labelled.labels is not None and len(labelled):
+            data, metric, limit = labelled, "accuracy_drop", opts.max_accuracy_drop
+        elif check is not None and opts.min_cosine is not None:
+            data, metric, limit = check, "cosine", opts.min_cosine
+        else:
+            return None
+        model = source_model(artifact, ctx.threads)
+        refs = model([data.inputs[s.name] for s in artifact.inputs], artifact.inputs)
+        arrays = {f"in:{s.name}": data.inputs[s.name] for s in artifact.inputs}
+        arrays.update({f"ref:{i}": r for i, r in enumerate(refs)})
+        if data.labels is not None and metric == "accuracy_drop":
+            arrays["labels"] = data.labels
+        path = ctx.workdir / "budget.npz"
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+        ref_accuracy = accuracy(refs[0], data.labels) if metric == "accuracy_drop" and data.labels is not None \
+            else None
+        return {"data": str(path), "metric": metric, "limit": limit, "description": data.description,
+                "ref_accuracy": ref_accuracy}
+
+    def _search_result(self, path: Path, opts: TfliteTfOptions) -> dict[str, Any]:
+        """The child's accuracy-aware record; a missed budget fails the step unless on_budget_miss=keep_best."""
+        result: dict[str, Any] = json.loads(path.read_text())
+        if not result["budget_met"] and opts.on_budget_miss == "error":
+            last = result["steps"][-1]
+            measured = (f"accuracy drop {last['accuracy_drop'] * 100:.2f} points"
+                        if last.get("accuracy_drop") is not None else f"cosine {last.get('cosine_min')}")
+            raise ConversionError(
+                f"{self.name} int8 missed its budget ({result['budget']['metric']} {result['budget']['limit']}): "
+                f"{measured} with {len(result['float_layers'])} layer(s) kept in float "
+                f"(max_float_layers={opts.max_float_layers})",
+                hint=f"raise -O {self.name}.max_float_layers, loosen max_accuracy_drop/min_cosine, or "
+                     "on_budget_miss=keep_best to ship the best model")
+        return result
 
 
 class TfliteFromSavedmodel(TfliteFromKeras):

@@ -27,6 +27,9 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+CALIBRATION_HINT = "int8 is calibrated on real inputs, never on random data"
+
+
 @dataclass(frozen=True)
 class Availability:
     """Whether a step or runner can run here, and why not."""
@@ -65,6 +68,16 @@ class StepContext:
     def validation(self) -> DataSet | None:
         """The labelled set, for steps that judge their own output (accuracy-aware quantization)."""
         return self.validation_source() if self.validation_source is not None else None
+
+    def require_calibration(self, where: str, hint: str = CALIBRATION_HINT) -> DataSet:
+        """The calibration data, or ConversionError naming the step: INT8 is never calibrated on random data."""
+        from convcli.core.errors import ConversionError
+
+        data = self.calibration
+        if data is None or len(data) == 0:
+            raise ConversionError(f"{where} needs calibration data: pass --calibration (a folder of images, or "
+                                  ".npy/.npz of preprocessed inputs named like the model's inputs)", hint=hint)
+        return data
 
 
 class Step:

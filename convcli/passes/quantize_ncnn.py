@@ -137,11 +137,7 @@ class QuantizeNcnnInt8(Pass):
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         opts: NcnnInt8Options = self.options  # type: ignore[assignment]
         where = f"ncnn int8 ({self.name})"
-        calibration = ctx.calibration
-        if calibration is None or len(calibration) == 0:
-            raise ConversionError(f"{where} needs calibration data: pass --calibration (a folder of images, or "
-                                  ".npy/.npz of preprocessed inputs)",
-                                  hint="int8 is calibrated on real inputs, never on random data")
+        calibration = ctx.require_calibration(where)
         tools = find_tools()
         missing = [t for t, path in tools.items() if path is None]
         if missing:

@@ -86,10 +86,29 @@ print("convcli-preprocess:" + json.dumps({{"done": done, "errors": errors}}))
 """
 
 
-class Int8Options(BaseModel):
-    """Options of QuantizeOnnxInt8 (``-O QuantizeOnnxInt8.KEY=VALUE``)."""
+class BudgetOptions(BaseModel):
+    """The accuracy budget of an accuracy-aware INT8 step and the limits of its float-fallback search (shared by
+    every step that runs ``FloatFallbackSearch``)."""
 
     model_config = ConfigDict(extra="forbid")
+    max_accuracy_drop: float | None = Field(
+        default=0.01, ge=0.0, le=1.0, description="Budget: largest top-1 accuracy drop vs the float model on "
+                                                  "--validation (0.01 = 1 point); null disables it.")
+    min_cosine: float | None = Field(
+        default=0.98, ge=-1.0, le=1.0, description="Budget without --validation: lowest per-sample cosine vs the "
+                                                  "float model on held-out calibration samples; null disables it.")
+    max_float_layers: int = Field(default=4, ge=0, description="Most layers kept in float to meet the budget; 0 "
+                                                               "turns the accuracy-aware search off.")
+    max_trials: int = Field(default=100, ge=1, description="Most quantize-and-measure trials the accuracy-aware "
+                                                           "search may run.")
+    on_budget_miss: Literal["error", "keep_best"] = Field(
+        default="error", description="When no tried model meets the budget: fail the step (error) or ship the "
+                                     "best one and let the report's gates judge it (keep_best).")
+
+
+class Int8Options(BudgetOptions):
+    """Options of QuantizeOnnxInt8 (``-O QuantizeOnnxInt8.KEY=VALUE``)."""
+
     mode: Literal["auto", "static", "dynamic"] = Field(
         default="auto", description="static (calibrated QDQ), dynamic (int8 weights, activations quantized at run "
                                     "time) or auto: dynamic for integer (token id) inputs or transformer graphs "
@@ -120,19 +139,6 @@ class Int8Options(BaseModel):
                                    "accuracy and they hold no weights to shrink.")
     guard_attention_mask: bool = Field(
         default=True, description="Never quantize attention-mask arithmetic (see the step's documentation).")
-    max_accuracy_drop: float | None = Field(
-        default=0.01, ge=0.0, le=1.0, description="Budget: largest top-1 accuracy drop vs the float model on "
-                                                  "--validation (0.01 = 1 point); null disables it.")
-    min_cosine: float | None = Field(
-        default=0.98, ge=-1.0, le=1.0, description="Budget without --validation: lowest per-sample cosine vs the "
-                                                  "float model on held-out calibration samples; null disables it.")
-    max_float_layers: int = Field(default=4, ge=0, description="Most layers kept in float to meet the budget; 0 "
-                                                               "turns the accuracy-aware search off.")
-    max_trials: int = Field(default=100, ge=1, description="Most quantize-and-measure trials the accuracy-aware "
-                                                           "search may run.")
-    on_budget_miss: Literal["error", "keep_best"] = Field(
-        default="error", description="When no tried model meets the budget: fail the step (error) or ship the "
-                                     "best one and let the report's gates judge it (keep_best).")
 
     @field_validator("calibration_method")
     @classmethod
@@ -313,7 +319,22 @@ def quantized_nodes(base: Any, quantized: Any, static: bool, excluded: set[str])
     return [n.name for n in base.graph.node if (n.name, n.op_type) not in remaining or n.name in gathers]
 
 
-class _Search:
+def score_outputs(budget: Budget, names: list[str], got: list[np.ndarray]) -> Score:
+    """A quantized model's outputs on ``budget.data`` against the float model's (NaN/inf: the worst score)."""
+    assert budget.data is not None
+    if any(not np.all(np.isfinite(g)) for g in got):
+        return Score(accuracy=0.0 if budget.metric == "accuracy_drop" else None,
+                     accuracy_drop=1.0 if budget.metric == "accuracy_drop" else None, cosine_min=-1.0)
+    parity = compare_outputs(names, budget.ref_outputs, got, DEFAULT_TOLERANCES["int8"])
+    score = Score(cosine_min=parity.cosine_min, top1_agreement=parity.top1_agreement,
+                  max_abs_err=parity.max_abs_err)
+    if budget.metric == "accuracy_drop" and budget.data.labels is not None:
+        score.accuracy = accuracy(got[0], budget.data.labels)
+        score.accuracy_drop = (budget.ref_accuracy or 0.0) - score.accuracy
+    return score
+
+
+class FloatFallbackSearch:
     """Forward selection of the layers to keep in float, then pruning of the ones that turn out unneeded.
 
     Round 1 quantizes with each candidate alone left in float: the per-layer sensitivity. Each further round
@@ -411,13 +432,9 @@ class QuantizeOnnxInt8(Pass):
         mode, why = self._mode(source, opts)
         static = mode == "static"
         where = f"{self.name} ({mode})"
-        calibration = ctx.calibration
-        if static and (calibration is None or len(calibration) == 0):
-            raise ConversionError(
-                f"{where}: static INT8 needs calibration data: pass --calibration (a folder of images, or .npy/.npz "
-                "of preprocessed inputs named like the model's inputs)",
-                hint="calibration ranges come from real inputs, never from random data; or choose "
-                     "-O QuantizeOnnxInt8.mode=dynamic")
+        calibration = ctx.require_calibration(
+            f"{where}: static INT8", hint="calibration ranges come from real inputs, never from random data; or "
+                                          "choose -O QuantizeOnnxInt8.mode=dynamic") if static else ctx.calibration
         if not static and "calibration_samples" in opts.model_fields_set:
             raise ConversionError(f"{where}: calibration_samples is for static mode; dynamic mode computes "
                                   "activation ranges at run time")
@@ -468,7 +485,7 @@ class QuantizeOnnxInt8(Pass):
         first_score, _ = score(first)
         steps: list[dict[str, Any]] = [{"action": "quantize all", "float_layers": [], **first_score.as_dict(),
                                         "budget_met": budget.met(first_score)}]
-        search = _Search(budget, first, first_score, opts.max_trials, started + 0.8 * ctx.timeout_s)
+        search = FloatFallbackSearch(budget, first, first_score, opts.max_trials, started + 0.8 * ctx.timeout_s)
         sensitivity: list[dict[str, Any]] = []
         if not budget.met(first_score) and opts.max_float_layers > 0 and budget.metric != "none":
             candidates = [n for n in quantized if ops_by_name.get(n) not in DATA_MOVEMENT]
@@ -643,16 +660,7 @@ class QuantizeOnnxInt8(Pass):
         if budget.data is None:
             return Score()
         names, got = ort_outputs(path, budget.data, ctx.threads, fixed_batch(artifact))
-        if any(not np.all(np.isfinite(g)) for g in got):
-            return Score(accuracy=0.0 if budget.metric == "accuracy_drop" else None,
-                         accuracy_drop=1.0 if budget.metric == "accuracy_drop" else None, cosine_min=-1.0)
-        parity = compare_outputs(names, budget.ref_outputs, got, DEFAULT_TOLERANCES["int8"])
-        score = Score(cosine_min=parity.cosine_min, top1_agreement=parity.top1_agreement,
-                      max_abs_err=parity.max_abs_err)
-        if budget.metric == "accuracy_drop" and budget.data.labels is not None:
-            score.accuracy = accuracy(got[0], budget.data.labels)
-            score.accuracy_drop = (budget.ref_accuracy or 0.0) - score.accuracy
-        return score
+        return score_outputs(budget, names, got)
 
     def _quantize(self, base: Path, out: Path, static: bool, opts: Int8Options, op_types: list[str],
                   exclude: list[str], calib: DataSet | None, batch: int, fixed: bool, types: dict[str, Any],

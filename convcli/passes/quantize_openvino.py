@@ -407,11 +407,7 @@ class QuantizeOpenvinoInt8(Pass):
 
         opts: OpenvinoInt8Options = self.options  # type: ignore[assignment]
         where = self.name
-        calibration = ctx.calibration
-        if calibration is None or len(calibration) == 0:
-            raise ConversionError(f"{where} needs calibration data: pass --calibration (a folder of images, or "
-                                  ".npy/.npz of preprocessed inputs keyed by input name)",
-                                  hint="int8 is calibrated on real inputs, never on random data")
+        calibration = ctx.require_calibration(where)
         labelled = ctx.validation if opts.max_accuracy_drop is not None else None
         if opts.max_accuracy_drop is not None and (labelled is None or labelled.labels is None):
             if opts.min_cosine is None:

@@ -1,5 +1,14 @@
-"""torchvision classifiers with random weights (no download). Heads are re-initialised with random
-values: some torchvision models zero-initialise them, which makes every parity check trivially pass."""
+"""torchvision classifiers with random weights (no download), made to behave like trained ones for parity.
+
+Two things make a randomly initialised torchvision model useless for checking a conversion:
+- some zero-initialise their classifier head: every output is 0 and every parity check passes trivially, so
+  zero heads get small random weights;
+- BatchNorm's initial running statistics (mean 0, variance 1) do not match the activations random weights
+  produce: in eval mode they shrink layer by layer (MobileNetV3-small's logits come out near 1e-15, below
+  fp16's smallest number, so fp16 and int8 "fail" and fp32 "passes" on numbers that are all ~0). The running
+  statistics are therefore re-estimated from a few random batches (train-mode forward passes, no gradient),
+  as one would after pruning: activations keep a trained model's scale.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +27,28 @@ def reinit_zero_heads(model: nn.Module) -> nn.Module:
     return model
 
 
+def recalibrate_batchnorm(model: nn.Module, size: int = 224, batches: int = 2, batch: int = 8) -> nn.Module:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    gen = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.rand((batch, 3, size, size), generator=gen))
+    return model
+
+
 def by_name(name: str) -> nn.Module:
     import torchvision
 
     torch.manual_seed(0)
-    return reinit_zero_heads(torchvision.models.get_model(name, weights=None)).eval()
+    model = reinit_zero_heads(torchvision.models.get_model(name, weights=None))
+    size = 299 if name == "inception_v3" else 224
+    return recalibrate_batchnorm(model, size).eval()
 
 
 def resnet18() -> nn.Module:
