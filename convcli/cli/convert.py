@@ -41,6 +41,8 @@ def convert(
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip latency measurement."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip the default simplification passes."),
     require_all: bool = typer.Option(False, "--require-all", help="Exit 3 when a target is unavailable here."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every step and measure again."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache folder (default ~/.cache/convcli)."),
     json_out: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
 ) -> None:
     """Convert a model to every target, prove each artifact against the source, and write OUTDIR/report.json.
@@ -92,7 +94,7 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
              validation: Path | None, calibration: Path | None, calibration_samples: int | None,
              prune: str | None, train: Path | None, finetune_epochs: int, samples: int | None, batch: str | None,
              runs: int | None, threads: int | None, no_latency: bool, no_simplify: bool, require_all: bool,
-             json_out: bool) -> None:
+             no_cache: bool, cache_dir: Path | None, json_out: bool) -> None:
     from convcli.cli.common import STATE
     from convcli.job import run_job
     from convcli.reports.terminal import render_terminal
@@ -102,7 +104,7 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
                      calibration_samples=calibration_samples, train=train,
                      prune=_prune_options(prune, finetune_epochs), samples=samples,
                      batches=_batches(batch), runs=runs, threads=threads, enabled=not no_latency,
-                     simplify=not no_simplify, require_all=require_all)
+                     simplify=not no_simplify, require_all=require_all, cache=not no_cache, cache_dir=cache_dir)
     result = run_job(spec, progress=RichProgress(err), command=echo_command(), debug=bool(STATE["debug"]))
     if STATE["debug"]:
         for tb in result.tracebacks:

@@ -12,6 +12,11 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",  # never reach the Hugging Face hub
     "NNCF_CI": "1",  # nncf/telemetry/wrapper.py: replaces NNCF's telemetry with a stub
     "KMP_WARNINGS": "0",
+    # ONNX Runtime 1.32's OneDs telemetry (libonnxruntime: OneDsTelemetry) uploads to
+    # mobile.events.data.microsoft.com from a background thread of any process holding a session for a few
+    # seconds, on Linux too; onnxruntime.disable_telemetry_events() does not stop it, this variable does
+    # (measured with strace: 4 DNS lookups in 20 s without it, none with it).
+    "ORT_DISABLE_TELEMETRY": "1",
 }
 
 # Telemetry packages that phone home as soon as their importer loads them, and that have no environment
