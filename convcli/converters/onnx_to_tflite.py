@@ -71,7 +71,7 @@ from convcli.runners.tflite_runner import (
     TfliteSession,
     is_channel_last,
     layout_candidates,
-    native_stderr,
+    op_histogram,
 )
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -315,19 +315,6 @@ def resolve_layouts(tflite: Artifact, onnx_path: Path, fixed: list[TensorSpec], 
     return keep, keep_out, check
 
 
-def _op_histogram(path: Path) -> dict[str, int]:
-    try:
-        litert = require("ai_edge_litert.interpreter")
-        with native_stderr():
-            ops = litert.Interpreter(model_path=str(path))._get_ops_details()
-    except Exception:
-        return {}
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def _io_dtypes(tflite: Artifact, threads: int) -> dict[str, dict[str, str]]:
     """The dtype of each input and output of the TFLite file, under the source's names."""
     probe = TfliteSession(tflite, threads)
@@ -466,7 +453,7 @@ class TfliteFromOnnx(Converter):
             "fixed shapes": what, "input_shapes": {s.name: list(s.example_shape()) for s in fixed},
             "input_layout": layouts, "output_layout": out_layouts, "keep_nchw": opts.keep_nchw,
             "kept_channel_last_inputs": kept,
-            "onnx2tf_sample_images": images_from, "check_vs_onnx": check, "ops": _op_histogram(final),
+            "onnx2tf_sample_images": images_from, "check_vs_onnx": check, "ops": op_histogram(final),
             "io_dtypes": _io_dtypes(tflite.derive(layout=layouts, output_layout=out_layouts), ctx.threads),
         }
         if calib is not None:

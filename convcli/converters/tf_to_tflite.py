@@ -45,7 +45,8 @@ from convcli.core.step import Converter, StepContext
 from convcli.core.tensors import TensorSpec
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
 from convcli.parity.data import DataSet, random_data
-from convcli.passes.quantize_onnx import BudgetOptions
+from convcli.passes.quantize_onnx import BudgetOptions, split_calibration
+from convcli.runners.tflite_runner import op_histogram
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # TFLite ops that only move or select data: keeping one in float saves no accuracy.
@@ -70,9 +71,6 @@ class TfliteTfOptions(BudgetOptions):
     calibration_samples: int | None = Field(
         default=None, ge=1, description="int8 only: calibrate on the first N calibration samples; default: all "
                                         "the job loaded (--calibration-samples).")
-    check_samples: int = Field(
-        default=16, ge=1, description="int8 only: calibration samples held out for the cosine budget (used "
-                                      "without --validation).")
 
 
 def open_dims(specs: list[TensorSpec]) -> dict[str, dict[str, int]]:
@@ -261,22 +259,6 @@ def calibration_file(specs: list[TensorSpec], calibration: DataSet, samples: int
     return path, data
 
 
-def tflite_ops(path: Path) -> dict[str, int]:
-    """Operator histogram of a .tflite file (empty when LiteRT cannot list it)."""
-    from convcli.runners.tflite_runner import native_stderr
-
-    try:
-        litert = require("ai_edge_litert.interpreter")
-        with native_stderr():
-            ops = litert.Interpreter(model_path=str(path))._get_ops_details()
-    except Exception:
-        return {}
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def check_vs_source(model: Any, tflite: Artifact, threads: int, precision: str) -> dict[str, Any]:
     """LiteRT against TensorFlow on two seeded samples (recorded; the job's parity check judges)."""
     from convcli.runners.tflite_runner import TfliteSession
@@ -325,7 +307,8 @@ class TfliteFromKeras(Converter):
         calib: tuple[Path, DataSet] | None = None
         budget: dict[str, Any] | None = None
         if int8:  # checked first: no calibration data must fail before a TensorFlow import
-            calibration, check = self._split(ctx.require_calibration(f"tflite int8 ({self.name})"), ctx, opts)
+            calibration, check, _ = split_calibration(ctx.require_calibration(f"tflite int8 ({self.name})"),
+                                                      ctx.validation, opts, opts.calibration_samples)
             calib = calibration_file(artifact.inputs, calibration, None, ctx.workdir)
             budget = self._budget(artifact, ctx, opts, check)
         key = make_key("tf-tflite", artifact.format, sha256_tree(source_path),
@@ -364,7 +347,7 @@ class TfliteFromKeras(Converter):
             "precision": opts.precision, "run": run_note, "fixed shapes": fixed,
             "input_layout": "as the source: TensorFlow's input shapes kept ("
                             + ", ".join(s.text() for s in artifact.inputs) + ")",
-            "ops": tflite_ops(final), "check_vs_source": check_vs_source(model, tflite, ctx.threads, opts.precision),
+            "ops": op_histogram(final), "check_vs_source": check_vs_source(model, tflite, ctx.threads, opts.precision),
         }
         if opts.precision == "fp16":
             details["fp16"] = "float16 weights (Optimize.DEFAULT, supported_types=[float16]), float32 I/O"
@@ -378,24 +361,6 @@ class TfliteFromKeras(Converter):
                                                                       "min_cosine are null)",
             }
         return tflite.derive(details=details)
-
-    @staticmethod
-    def _split(calibration: DataSet, ctx: StepContext, opts: TfliteTfOptions) -> tuple[DataSet, DataSet | None]:
-        """Calibration samples and, for a cosine budget (no labelled set), held-out samples to check on."""
-        labelled = ctx.validation
-        n = len(calibration)
-        needs_check = opts.min_cosine is not None and (
-            opts.max_accuracy_drop is None or labelled is None or labelled.labels is None)
-        if opts.calibration_samples is not None:
-            calib_n = min(opts.calibration_samples, n)
-        elif needs_check and n >= 8:
-            calib_n = n - min(opts.check_samples, n // 4)
-        else:
-            calib_n = n
-        rest = DataSet({k: v[calib_n:] for k, v in calibration.inputs.items()}, None,
-                       f"{calibration.description}, samples {calib_n + 1}..{n} (held out)") if calib_n < n else None
-        check = rest.take(opts.check_samples) if rest is not None else calibration.take(opts.check_samples)
-        return calibration.take(calib_n), check if needs_check else None
 
     def _budget(self, artifact: Artifact, ctx: StepContext, opts: TfliteTfOptions,
                 check: DataSet | None) -> dict[str, Any] | None:

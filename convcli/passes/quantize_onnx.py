@@ -101,6 +101,9 @@ class BudgetOptions(BaseModel):
                                                                "turns the accuracy-aware search off.")
     max_trials: int = Field(default=100, ge=1, description="Most quantize-and-measure trials the accuracy-aware "
                                                            "search may run.")
+    check_samples: int = Field(
+        default=16, ge=1, description="Held-out calibration samples for the cosine budget (used without "
+                                      "--validation).")
     on_budget_miss: Literal["error", "keep_best"] = Field(
         default="error", description="When no tried model meets the budget: fail the step (error) or ship the "
                                      "best one and let the report's gates judge it (keep_best).")
@@ -120,9 +123,6 @@ class Int8Options(BudgetOptions):
     calibration_samples: int | None = Field(
         default=None, ge=1, description="Calibrate on the first N calibration samples; default: all loaded "
                                         "(--calibration-samples) except those held out for the cosine check.")
-    check_samples: int = Field(
-        default=16, ge=1, description="Held-out calibration samples for the cosine budget (used without "
-                                      "--validation).")
     per_channel: bool = Field(default=True, description="One weight scale per output channel.")
     activation_type: Literal["uint8", "int8"] = Field(
         default="uint8", description="Activation integer type: uint8 is the fast one on x86 CPUs; TensorRT "
@@ -332,6 +332,27 @@ def score_outputs(budget: Budget, names: list[str], got: list[np.ndarray]) -> Sc
         score.accuracy = accuracy(got[0], budget.data.labels)
         score.accuracy_drop = (budget.ref_accuracy or 0.0) - score.accuracy
     return score
+
+
+def split_calibration(calibration: DataSet, labelled: DataSet | None, opts: BudgetOptions,
+                      calibration_samples: int | None) -> tuple[DataSet, DataSet, bool]:
+    """Calibration samples, check samples for a cosine budget, and whether the check samples are held out
+    (not among those that calibrated). Samples are held out only when the cosine check will need them (no
+    labelled set, or no accuracy budget) and calibration_samples is not set explicitly."""
+    needs_check = labelled is None or labelled.labels is None or opts.max_accuracy_drop is None
+    n = len(calibration)
+    if calibration_samples is not None:
+        calib_n = min(calibration_samples, n)
+    elif needs_check and n >= 8:
+        calib_n = n - min(opts.check_samples, n // 4)
+    else:
+        calib_n = n
+    calib = calibration.take(calib_n)
+    if calib_n < n:
+        rest = DataSet({k: v[calib_n:] for k, v in calibration.inputs.items()}, None,
+                       f"{calibration.description}, samples {calib_n + 1}..{n} (held out)")
+        return calib, rest.take(opts.check_samples), True
+    return calib, calibration.take(opts.check_samples), False
 
 
 class FloatFallbackSearch:
@@ -620,23 +641,9 @@ class QuantizeOnnxInt8(Pass):
         labelled set (or no accuracy budget) and no explicit calibration_samples."""
         if calibration is None or len(calibration) == 0:
             return None, None, False
-        labelled = ctx.validation
-        needs_check = labelled is None or labelled.labels is None or opts.max_accuracy_drop is None
-        n = len(calibration)
         if not static:
             return None, calibration.take(opts.check_samples), True
-        if opts.calibration_samples is not None:
-            calib_n = min(opts.calibration_samples, n)
-        elif needs_check and n >= 8:
-            calib_n = n - min(opts.check_samples, n // 4)
-        else:
-            calib_n = n
-        calib = calibration.take(calib_n)
-        if calib_n < n:
-            rest = DataSet({k: v[calib_n:] for k, v in calibration.inputs.items()}, None,
-                           f"{calibration.description}, samples {calib_n + 1}..{n} (held out)")
-            return calib, rest.take(opts.check_samples), True
-        return calib, calibration.take(opts.check_samples), False
+        return split_calibration(calibration, ctx.validation, opts, opts.calibration_samples)
 
     def _budget(self, artifact: Artifact, base_path: Path, ctx: StepContext, opts: Int8Options,
                 check_set: DataSet | None, held_out: bool) -> Budget:

@@ -21,13 +21,9 @@ LiteRT is the standalone interpreter package: it does not import TensorFlow.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import re
-import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +31,7 @@ import numpy as np
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError
 from convcli.core.lazy import package_version, require
+from convcli.core.quiet import captured_fd2
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
 
@@ -146,24 +143,18 @@ def interpreter_tensors(interpreter: Any) -> tuple[list[dict[str, Any]], list[st
     return inputs, [in_hint[d["index"]] for d in inputs], outputs, [out_hint[d["index"]] for d in outputs]
 
 
-@contextlib.contextmanager
-def native_stderr() -> Iterator[io.StringIO]:
-    """Capture what LiteRT's C++ code writes to file descriptor 2 while a model loads. Its INFO line
-    ("Created TensorFlow Lite XNNPACK delegate") would break the CLI's table; its error lines (e.g. about
-    Flex ops) are the only explanation of a failed load, so they are kept for the error message."""
-    said = io.StringIO()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = os.dup(2)
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield said
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            said.write(sink.read().decode(errors="replace"))
-            said.seek(0)
+def op_histogram(path: Path) -> dict[str, int]:
+    """Operator histogram of a .tflite file (empty when LiteRT cannot list it)."""
+    try:
+        litert = require("ai_edge_litert.interpreter")
+        with captured_fd2():
+            ops = litert.Interpreter(model_path=str(path))._get_ops_details()
+    except Exception:
+        return {}
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return dict(sorted(counts.items()))
 
 
 class TfliteSession(Session):
@@ -174,7 +165,7 @@ class TfliteSession(Session):
                  output_layouts: dict[str, str] | None = None) -> None:
         litert = require("ai_edge_litert.interpreter", "running TFLite models")
         assert artifact.path is not None
-        with native_stderr() as said:
+        with captured_fd2() as said:
             try:
                 self.interpreter = litert.Interpreter(model_path=str(artifact.path), num_threads=threads)
                 self.interpreter.allocate_tensors()

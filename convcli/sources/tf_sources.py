@@ -16,14 +16,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import io
 import os
 import re
 import sys
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ import numpy as np
 from convcli.core.artifact import Artifact
 from convcli.core.errors import InputError
 from convcli.core.lazy import require
+from convcli.core.quiet import captured_fd2
 from convcli.core.registry import Registry
 from convcli.core.source import SourceLoader, SourceRequest
 from convcli.core.tensors import DEFAULT_DIM_SIZES, DTYPES, Dim, TensorSpec
@@ -44,25 +42,6 @@ _AUTO_NAME = re.compile(r"^keras_tensor(_\d+)?$")
 
 
 # -- importing and configuring TensorFlow ---------------------------------------------------------------
-
-@contextlib.contextmanager
-def captured_fd2() -> Iterator[io.StringIO]:
-    """Capture what native code writes to file descriptor 2 (TensorFlow's absl start-up lines, which
-    TF_CPP_MIN_LOG_LEVEL does not silence); the text is available after the block."""
-    said = io.StringIO()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = os.dup(2)
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield said
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            said.write(sink.read().decode(errors="replace"))
-            said.seek(0)
 
 
 def import_tensorflow(threads: int | None = None) -> Any:
