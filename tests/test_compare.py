@@ -42,3 +42,18 @@ def test_top1_and_cosine_gates() -> None:
 def test_accuracy() -> None:
     logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     assert accuracy(logits, np.array([1, 0, 0])) == 2 / 3
+
+
+def test_fp16_absolute_term_scales_with_the_output_range() -> None:
+    """Logits up to ~4 off by 0.025 everywhere (what fp16 does to a MobileNetV2) pass fp16 and fail fp32; the
+    same error on outputs of magnitude 0.1 fails fp16 too, and a 0.1 error on the large logits fails it."""
+    rng = np.random.default_rng(0)
+    big = rng.uniform(-4, 4, size=(8, 1000)).astype(np.float32)
+    big[np.arange(8), np.arange(8)] = 5.0  # a clear top-1 per sample, as a trained classifier has
+    noise = np.where(rng.random(big.shape) < 0.5, 0.025, -0.025).astype(np.float32)
+    assert compare_outputs(["y"], [big], [big + noise], DEFAULT_TOLERANCES["fp16"]).passed
+    assert not compare_outputs(["y"], [big], [big + noise], DEFAULT_TOLERANCES["fp32"]).passed
+    small = big / 40
+    result = compare_outputs(["y"], [small], [small + noise], DEFAULT_TOLERANCES["fp16"])
+    assert not result.passed and "atol=0.01" in result.message
+    assert not compare_outputs(["y"], [big], [big + 4 * noise], DEFAULT_TOLERANCES["fp16"]).passed

@@ -15,15 +15,21 @@ class Tolerance(BaseModel):
     model_config = ConfigDict(extra="forbid")
     atol: float | None = Field(default=None, description="Absolute tolerance: |a-b| <= atol + rtol*|ref|.")
     rtol: float = Field(default=0.0, description="Relative tolerance paired with atol.")
+    atol_per_range: bool = Field(
+        default=False, description="Scale atol by the output's range, max(1, max|ref|): for precisions whose "
+                                   "error grows with the magnitude of the activations (fp16).")
     min_cosine: float | None = Field(default=None, description="Lowest per-sample cosine similarity allowed.")
     min_top1: float | None = Field(default=None, description="Lowest top-1 agreement for classifier outputs.")
 
 
-# fp32: conversions should be numerically exact up to kernel reordering. fp16 halves the mantissa;
-# int8 is judged on cosine/top-1 (and on accuracy drop when a labelled set is given), not elementwise.
+# fp32: conversions should be numerically exact up to kernel reordering. fp16 keeps 11 significant bits: each
+# layer adds ~5e-4 relative error, so after tens of layers logits of magnitude 5 differ by a few 1e-2 (measured:
+# a MobileNetV2 with realistic activations, 0.025 on logits up to ~4, cosine 0.99985); its absolute term therefore
+# scales with the output's range. int8 is judged on cosine/top-1 (and on accuracy drop when a labelled set is
+# given), not elementwise.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
-    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999, min_top1=0.95),
+    "fp16": Tolerance(atol=1e-2, rtol=1e-2, atol_per_range=True, min_cosine=0.999, min_top1=0.95),
     "int8": Tolerance(atol=None, min_cosine=0.98, min_top1=0.9),
 }
 
@@ -85,9 +91,10 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) 
     if _is_classifier(r):
         top1 = float((r.argmax(axis=1) == g.argmax(axis=1)).mean())
     if tol.atol is not None:
-        bad = diff > tol.atol + tol.rtol * np.abs(r)
+        atol = tol.atol * max(1.0, float(np.abs(r).max()) if r.size else 1.0) if tol.atol_per_range else tol.atol
+        bad = diff > atol + tol.rtol * np.abs(r)
         if bad.any():
-            problems.append(f"{int(bad.sum())} of {bad.size} values beyond atol={tol.atol:g}, rtol={tol.rtol:g} "
+            problems.append(f"{int(bad.sum())} of {bad.size} values beyond atol={atol:.3g}, rtol={tol.rtol:g} "
                             f"(max abs err {max_abs:.3g})")
     if tol.min_cosine is not None and cosine_min < tol.min_cosine:
         problems.append(f"cosine {cosine_min:.6f} < {tol.min_cosine}")
