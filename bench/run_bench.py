@@ -105,8 +105,7 @@ def models_markdown(results: dict[str, Any]) -> str:
         src = report["source"]
         batches = list(src["latency_by_batch"])
         lines += [f"### {name}", "",
-                  f"Source: {src.get('runner') or src['format']}, {report['settings']['threads']} threads; "
-                  "converted and measured in "
+                  f"Source: {src.get('runner') or src['format']}; converted and measured in "
                   f"{res['seconds']:.0f} s (exit {res['exit']}). Fastest artifact that passed: "
                   f"**{report['fastest_passed']}**.", ""]
         head = ["artifact", "status"] + [f"p50 ms b={b}" for b in batches] + \
@@ -359,8 +358,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["models", "pruning", "coverage", "cache", "overhead"], action="append")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--coverage-models", default=",".join(FAMILIES))
+    parser.add_argument("--render", action="store_true", help="Only rewrite docs/benchmarks.md from "
+                                                               "bench/out/results.json and bench/NOTES.md.")
     args = parser.parse_args()
-    sections = args.only or ["models", "pruning", "coverage", "cache", "overhead"]
+    sections = [] if args.render else args.only or ["models", "pruning", "coverage", "cache", "overhead"]
     OUT.mkdir(parents=True, exist_ok=True)
     state_path = OUT / "results.json"
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -389,8 +390,10 @@ def write(state: dict[str, Any]) -> None:
     parts = ["# Benchmarks", "",
              f"Measured with `make bench` (`bench/run_bench.py`) on {state['machine']}. This machine is shared and "
              "noisy: read ratios measured side by side in one run, not absolute numbers. Random weights for the "
-             "torchvision and transformer models (parity and latency only); the digits CNN is trained (accuracy on "
-             "its 360-image validation split). `*` marks the fastest artifact that passed its checks.", ""]
+             "torchvision, Keras MobileNetV2 and transformer models (BatchNorm statistics re-estimated so that "
+             "activations keep a trained model's scale; parity and latency only, calibration on random images); "
+             "the digits CNN is trained (accuracy on its 360-image validation split). `*` marks the fastest "
+             "artifact that passed its checks.", ""]
     if "models" in state:
         parts.append(models_markdown(state["models"]))
     if "pruning" in state:
@@ -401,6 +404,9 @@ def write(state: dict[str, Any]) -> None:
         parts.append(coverage_markdown(state["coverage"]))
     elif DOC.exists() and "\n## Coverage" in DOC.read_text():  # an earlier run's table, not re-measured this time
         parts.append("## Coverage" + DOC.read_text().split("\n## Coverage", 1)[1].rstrip() + "\n")
+    notes = ROOT / "bench" / "NOTES.md"  # what the numbers mean, written by hand after a run
+    if notes.exists():
+        parts.insert(4, notes.read_text().rstrip() + "\n")
     DOC.write_text("\n".join(parts) + "\n")
     print(f"wrote {DOC}")
 
