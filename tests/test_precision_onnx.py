@@ -121,6 +121,9 @@ def test_transformer_int8_dynamic_and_fp16_keeps_fragile_ops_fp32(cli, catalogue
     assert int8["status"] == "passed" and int8["parity"]["cosine_min"] >= 0.98
     q = _step(report, "QuantizeOnnxInt8")["details"]["int8"]
     assert q["mode"] == "dynamic" and "input_ids" in q["mode_reason"]
+    # attention's activation x activation MatMuls stay float; only weight MatMuls/Gemms become MatMulInteger
+    assert len(q["excluded"]["activation_matmuls"]) == 4, q["excluded"]
+    assert q["ops_after"].get("MatMulInteger", 0) >= 1
     assert q["calibration"]["samples"] == 0 and q["budget"]["metric"] == "cosine" and q["budget_met"]
     assert q["budget"]["data"].startswith("random")  # said so, since no --calibration was given
     assert q["quantized_ops"].get("MatMul", 0) >= 4

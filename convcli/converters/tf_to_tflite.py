@@ -393,9 +393,9 @@ class TfliteFromKeras(Converter):
         """The child's accuracy-aware record; a missed budget fails the step unless on_budget_miss=keep_best."""
         result: dict[str, Any] = json.loads(path.read_text())
         if not result["budget_met"] and opts.on_budget_miss == "error":
-            last = result["steps"][-1]
-            measured = (f"accuracy drop {last['accuracy_drop'] * 100:.2f} points"
-                        if last.get("accuracy_drop") is not None else f"cosine {last.get('cosine_min')}")
+            best = result["result"]
+            measured = (f"best accuracy drop {best['accuracy_drop'] * 100:.2f} points"
+                        if best.get("accuracy_drop") is not None else f"best cosine {best.get('cosine_min')}")
             raise ConversionError(
                 f"{self.name} int8 missed its budget ({result['budget']['metric']} {result['budget']['limit']}): "
                 f"{measured} with {len(result['float_layers'])} layer(s) kept in float "
