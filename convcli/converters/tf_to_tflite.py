@@ -43,9 +43,9 @@ from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
 from convcli.core.step import Converter, StepContext
 from convcli.core.tensors import TensorSpec
+from convcli.parity.budget import BudgetOptions, split_calibration
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
 from convcli.parity.data import DataSet, random_data
-from convcli.passes.quantize_onnx import BudgetOptions, split_calibration
 from convcli.runners.tflite_runner import op_histogram
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -188,7 +188,7 @@ def int8_search(int8: Int8Converter, target: Path, specs: list[TensorSpec], args
     budget, rank the quantized ops by the debugger's error and keep the most harmful in float
     (``FloatFallbackSearch``, the ONNX step's forward selection) until the budget is met or a limit is hit.
     ``target`` ends up holding the best model; the search's record goes to ``result_path``."""
-    from convcli.passes.quantize_onnx import Budget, FloatFallbackSearch, score_outputs
+    from convcli.parity.budget import Budget, FloatFallbackSearch, score_outputs
     from convcli.runners.tflite_runner import TfliteSession
 
     spec = args["budget"]
