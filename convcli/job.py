@@ -215,9 +215,9 @@ def step_keys(the_plan: Plan, root_key: str, calibration_key: str | None,
         upstream = root_key if planned.input_id == "source" else keys[planned.input_id]
         step = planned.step
         versions = {m: package_version(m) for m in step.requires}
+        calibration, validation = step.data_inputs(planned.options)
         keys[sid] = make_key("step", upstream, step.name, planned.options.model_dump(mode="json"), versions,
-                             calibration_key if step.uses_calibration else None,
-                             validation_key if step.uses_validation else None)
+                             calibration_key if calibration else None, validation_key if validation else None)
     return keys
 
 

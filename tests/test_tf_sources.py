@@ -319,3 +319,14 @@ def test_tensorflow_then_torch_export_in_one_process_does_not_crash() -> None:
             "import torch._dynamo\nprint('both loaded')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and "both loaded" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_only_int8_tflite_steps_key_on_calibration_and_labelled_data() -> None:
+    """The native TFLite converter writes fp32/fp16 without reading any data: changing --calibration or
+    --validation must not rebuild them (the cache key asks the step which data its options read)."""
+    from convcli.converters.tf_to_tflite import TfliteFromKeras, TfliteTfOptions
+
+    assert TfliteFromKeras.data_inputs(TfliteTfOptions(precision="fp32")) == (False, False)
+    assert TfliteFromKeras.data_inputs(TfliteTfOptions(precision="fp16")) == (False, False)
+    assert TfliteFromKeras.data_inputs(TfliteTfOptions(precision="int8")) == (True, True)
+    assert TfliteFromKeras.data_inputs(TfliteTfOptions(precision="int8", max_accuracy_drop=None)) == (True, False)

@@ -112,9 +112,10 @@ def child_to_tflite(args: dict[str, Any]) -> None:
         target = out / f"model_{precision}.tflite"
         if precision == "int8":
             int8 = Int8Converter(tf, make_converter, specs, args)
-            target.write_bytes(int8.convert([]))
-            if args.get("budget"):
+            if args.get("budget"):  # its first trial is the full-integer model
                 int8_search(int8, target, specs, args, out / "int8_search.json")
+            else:
+                target.write_bytes(int8.convert([]))
             continue
         converter = make_converter()
         if precision == "fp16":
@@ -290,8 +291,14 @@ class TfliteFromKeras(Converter):
     cost = 1.0  # below OnnxFromKeras + TfliteFromOnnx (2.0): the native converter is the default path
     precisions = PRECISIONS
     Options = TfliteTfOptions
-    uses_calibration = True  # int8 calibrates on it (part of the cache key)
+    uses_calibration = True  # int8 calibrates on it
     uses_validation = True  # the int8 accuracy budget is measured on it
+
+    @classmethod
+    def data_inputs(cls, options: Any) -> tuple[bool, bool]:
+        """Only int8 reads the data: fp32/fp16 files stay cached when the calibration or labelled set changes."""
+        int8 = options.precision == "int8"
+        return int8, int8 and options.max_accuracy_drop is not None
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         opts: TfliteTfOptions = self.options  # type: ignore[assignment]
@@ -310,7 +317,9 @@ class TfliteFromKeras(Converter):
             calibration, check, _ = split_calibration(ctx.require_calibration(f"tflite int8 ({self.name})"),
                                                       ctx.validation, opts, opts.calibration_samples)
             calib = calibration_file(artifact.inputs, calibration, None, ctx.workdir)
-            budget = self._budget(artifact, ctx, opts, check)
+        model = source_model(artifact, ctx.threads)  # once: the int8 budget's references and the check below
+        if int8:
+            budget = self._budget(model, artifact, ctx, opts, check)
         key = make_key("tf-tflite", artifact.format, sha256_tree(source_path),
                        [s.model_dump() for s in artifact.inputs],
                        {m: package_version(m) for m in ("tensorflow", "keras", "tf_keras")},
@@ -340,7 +349,6 @@ class TfliteFromKeras(Converter):
         final.write_bytes(produced.read_bytes())
         tflite = Artifact(format="tflite", path=final, inputs=list(artifact.inputs),
                           output_names=list(artifact.output_names), precision=opts.precision, files=[final])
-        model = source_model(artifact, ctx.threads)
         entry = "from_keras_model" if artifact.format == "keras" else "from_saved_model"
         details: dict[str, Any] = {
             "converter": f"tf.lite.TFLiteConverter.{entry} (TensorFlow {package_version('tensorflow')})",
@@ -357,12 +365,12 @@ class TfliteFromKeras(Converter):
                 "representative_dataset": "the calibration samples, one per call, in the source's layout",
                 "supported_ops": "TFLITE_BUILTINS_INT8" if not (search and search["float_layers"])
                 else "TFLITE_BUILTINS_INT8 + TFLITE_BUILTINS (layers kept in float)", "int8_io": opts.int8_io,
-                "accuracy_aware": search if search is not None else "off (no budget: max_accuracy_drop and "
-                                                                      "min_cosine are null)",
+                "accuracy_aware": search if search is not None else "off (no budget to measure, or "
+                                                                      "max_float_layers=0 with keep_best)",
             }
         return tflite.derive(details=details)
 
-    def _budget(self, artifact: Artifact, ctx: StepContext, opts: TfliteTfOptions,
+    def _budget(self, model: Any, artifact: Artifact, ctx: StepContext, opts: TfliteTfOptions,
                 check: DataSet | None) -> dict[str, Any] | None:
         """The budget data with the source's outputs on it, saved for the child; None without a budget."""
         from convcli.parity.compare import accuracy
@@ -376,7 +384,6 @@ class TfliteFromKeras(Converter):
             data, metric, limit = check, "cosine", opts.min_cosine
         else:
             return None
-        model = source_model(artifact, ctx.threads)
         refs = model([data.inputs[s.name] for s in artifact.inputs], artifact.inputs)
         arrays = {f"in:{s.name}": data.inputs[s.name] for s in artifact.inputs}
         arrays.update({f"ref:{i}": r for i, r in enumerate(refs)})

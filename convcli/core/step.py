@@ -100,6 +100,13 @@ class Step:
         self.options = options if options is not None else self.Options()
 
     @classmethod
+    def data_inputs(cls, options: BaseModel) -> tuple[bool, bool]:
+        """Whether this step's output, with these options, depends on the calibration data and on the labelled
+        set (each then goes into its cache key). Default: the class flags; a step whose precisions differ
+        (a converter that also writes int8) narrows it to the options that read the data."""
+        return cls.uses_calibration, cls.uses_validation
+
+    @classmethod
     def kind(cls) -> str:
         return "pass" if cls.source == cls.target else "converter"
 
