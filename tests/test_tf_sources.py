@@ -330,3 +330,37 @@ def test_only_int8_tflite_steps_key_on_calibration_and_labelled_data() -> None:
     assert TfliteFromKeras.data_inputs(TfliteTfOptions(precision="fp16")) == (False, False)
     assert TfliteFromKeras.data_inputs(TfliteTfOptions(precision="int8")) == (True, True)
     assert TfliteFromKeras.data_inputs(TfliteTfOptions(precision="int8", max_accuracy_drop=None)) == (True, False)
+
+
+def test_savedmodel_native_tflite_int8_with_two_outputs_and_a_cosine_budget(cli, tf_models, tmp_path: Path) -> None:
+    """from_saved_model + full-integer int8 on a model with two named outputs; no labelled set, so the budget is
+    the cosine against TensorFlow on calibration samples held out from calibration."""
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, pixels=np.random.default_rng(0).uniform(0, 1, size=(40, 6, 6, 2)).astype(np.float32))
+    out = tmp_path / "out"
+    res = cli("convert", tf_models["savedmodel"], "--to", "tflite:int8", "--calibration", calib, "-o", out,
+              *NO_LATENCY)
+    assert res.exit_code == 0, res.output
+    row = res.report(out)["artifacts"][0]
+    assert row["status"] == "passed" and row["chain"] == "savedmodel -> TfliteFromSavedmodel", row
+    int8 = row["details"]["int8"]
+    search = int8["accuracy_aware"]
+    assert search["budget"]["metric"] == "cosine" and search["budget_met"]
+    assert "held out" in search["budget"]["data"] and int8["calibration_samples"] == 40 - search["budget"]["samples"]
+    assert row["parity"]["cosine_min"] >= 0.98 and len(row["parity"]["outputs"]) == 2
+
+
+def test_accuracy_aware_tflite_int8_with_int8_inputs_and_outputs(cli, int8_hostile_keras: Path,
+                                                                 tmp_path: Path) -> None:
+    """The deny-list path with int8 I/O (the debugger's fully_quantize): int8 tensors at the edges, float inside
+    where the search kept layers, accuracy within the budget."""
+    out = tmp_path / "out"
+    res = cli("convert", int8_hostile_keras, "--to", "tflite:int8", "-O", "tflite.int8_io=true", "--calibration",
+              ROOT / "calibration_data/digits/calib", "--validation", DIGITS_VAL, "-o", out, "--no-latency")
+    assert res.exit_code == 0, res.output
+    row = res.report(out)["artifacts"][0]
+    assert row["status"] == "passed" and row["accuracy_drop"] <= 0.01, row
+    assert row["details"]["int8"]["accuracy_aware"]["float_layers"]
+    interp = Interpreter(model_path=str(out / row["path"]))
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert interp.get_output_details()[0]["dtype"] == np.int8

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from convcli.core.errors import ConversionError
 from convcli.core.lazy import is_installed, package_version
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ class StepContext:
 
     def require_calibration(self, where: str, hint: str = CALIBRATION_HINT) -> DataSet:
         """The calibration data, or ConversionError naming the step: INT8 is never calibrated on random data."""
-        from convcli.core.errors import ConversionError
-
         data = self.calibration
         if data is None or len(data) == 0:
             raise ConversionError(f"{where} needs calibration data: pass --calibration (a folder of images, or "
