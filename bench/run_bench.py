@@ -270,19 +270,14 @@ def pruning_markdown(results: dict[str, Any]) -> str:
             a, b = p.get(f"{key}_before"), p.get(f"{key}_after")
             return f"{b / a:.2f}x" if a and b else "-"
 
-        lat_b = (p["before"].get("latency_ms") or {}).get("p50")
-        lat_a = (p["after"].get("latency_ms") or {}).get("p50")
         acc_b, acc_a = p["before"].get("accuracy"), p["after"].get("accuracy")
         acc = "-"
         if acc_b is not None and acc_a is not None:
             acc = f"{acc_b * 100:.2f}% -> {acc_a * 100:.2f}% ({(onnx.get('accuracy') or 0) * 100:.2f}%)"
-        lines.append(f"| {model} | {prune} | {ratio('params')} | {ratio('macs')} | {fmt_num(lat_b)} -> "
-                     f"{fmt_num(lat_a)} | {fmt_ms(onnx.get('latency_ms'))} | {acc} | {res['exit']} |")
+        lines.append(f"| {model} | {prune} | {ratio('params')} | {ratio('macs')} | "
+                     f"{fmt_ms(p['before'].get('latency_ms'))} -> {fmt_ms(p['after'].get('latency_ms'))} | "
+                     f"{fmt_ms(onnx.get('latency_ms'))} | {acc} | {res['exit']} |")
     return "\n".join(lines) + "\n"
-
-
-def fmt_num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 # -- cache and overhead ---------------------------------------------------------------------------------
