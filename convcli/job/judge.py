@@ -1,0 +1,72 @@
+"""Judging a measured row: parity tolerances, accuracy drop and gates decide passed/failed; speed flags and the
+run's exit code. The rules are documented in docs/cli.md ("How artifacts are judged")."""
+
+from __future__ import annotations
+
+from convcli.core.errors import EXIT_CONVERSION_FAILED, EXIT_GATE_FAILED, EXIT_OK
+from convcli.recipes.schema import GateSpec
+from convcli.reports.model import ArtifactReport, SourceReport
+
+
+def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec) -> None:
+    """Apply parity tolerances and gates to a measured row: sets status, failures, accuracy drop, speedup."""
+    if row.status not in ("passed", "failed"):
+        return
+    failures: list[str] = []
+    parity = row.parity
+    judged_on_accuracy = row.precision == "int8" and row.accuracy is not None
+    if parity is not None and not parity.passed and not judged_on_accuracy:
+        failures.append(f"parity: {parity.message}")
+    row.accuracy_drop = None
+    if row.accuracy is not None and src.accuracy is not None:
+        row.accuracy_drop = src.accuracy - row.accuracy
+        limit = gates.accuracy_limit(row.precision)
+        if limit is not None and row.accuracy_drop > limit + 1e-12:
+            failures.append(f"accuracy drop {row.accuracy_drop * 100:.2f} points > {limit * 100:.2f}")
+    head, ref_head = row.latency_ms, src.latency_ms
+    row.speedup_vs_source = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None
+    g = gates
+    if parity is not None:
+        if g.max_abs_err is not None and parity.max_abs_err is not None and parity.max_abs_err > g.max_abs_err:
+            failures.append(f"max abs err {parity.max_abs_err:.3g} > {g.max_abs_err:g}")
+        if g.min_cosine is not None and parity.cosine_min is not None and parity.cosine_min < g.min_cosine:
+            failures.append(f"cosine {parity.cosine_min:.6f} < {g.min_cosine:g}")
+        if g.min_top1 is not None and parity.top1_agreement is not None and parity.top1_agreement < g.min_top1:
+            failures.append(f"top-1 agreement {parity.top1_agreement:.3f} < {g.min_top1:g}")
+    if g.max_p50_ms is not None and head and head.p50 > g.max_p50_ms:
+        failures.append(f"p50 {head.p50:.2f} ms > {g.max_p50_ms} ms")
+    if g.min_speedup is not None and row.speedup_vs_source is not None and row.speedup_vs_source < g.min_speedup:
+        failures.append(f"speedup {row.speedup_vs_source:.2f}x < {g.min_speedup}x")
+    if g.max_size_mb is not None and row.size_bytes is not None and row.size_bytes / 1e6 > g.max_size_mb:
+        failures.append(f"size {row.size_bytes / 1e6:.2f} MB > {g.max_size_mb} MB")
+    row.failures = failures
+    row.status = "failed" if failures else "passed"
+
+
+SLOWER_MARGIN = 1.10  # latency differences under 10% are noise on a shared machine, not a finding
+
+
+def flag_speed(rows: list[ArtifactReport]) -> None:
+    """Flag 'optimized' artifacts that are slower: than the source, or than a higher-precision sibling of the
+    same format (int8 slower than fp32 is the classic). Only differences above SLOWER_MARGIN count."""
+    order = {"fp32": 0, "fp16": 1, "int8": 2}
+    for row in rows:
+        if row.latency_ms is None:
+            continue
+        if row.speedup_vs_source is not None and row.speedup_vs_source * SLOWER_MARGIN < 1.0:
+            row.flags.append(f"slower than the source ({row.speedup_vs_source:.2f}x)")
+        for other in rows:
+            if (other is not row and other.format == row.format and other.latency_ms is not None
+                    and order.get(other.precision, 0) < order.get(row.precision, 0)
+                    and other.latency_ms.p50 * SLOWER_MARGIN < row.latency_ms.p50):
+                row.flags.append(f"slower than {other.id} ({row.latency_ms.p50:.2f} vs {other.latency_ms.p50:.2f} ms)")
+
+
+def exit_code(rows: list[ArtifactReport], require_all: bool) -> int:
+    if any(r.status == "error" for r in rows) or (require_all and any(r.status == "unavailable" for r in rows)):
+        return EXIT_CONVERSION_FAILED
+    if any(r.status == "failed" for r in rows):
+        return EXIT_GATE_FAILED
+    return EXIT_OK
+
+

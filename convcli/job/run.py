@@ -1,0 +1,141 @@
+"""One conversion job, end to end: plan, convert, measure, judge, write.
+
+Data flows one way: JobSpec -> source artifact + plan -> executed steps -> measured artifacts -> Report.
+All checks of user input happen before the first conversion (exit 2 with nothing written); artifacts are
+built in a temporary folder beside OUTDIR and moved in only when the job is done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convcli.core.artifact import Artifact
+from convcli.core.cache import Cache, default_cache_dir, make_key
+from convcli.core.errors import InputError
+from convcli.core.executor import ProgressSink, execute
+from convcli.core.fsutil import atomic_write_text
+from convcli.core.planner import plan
+from convcli.core.registry import Registry, default_registry
+from convcli.core.step import StepContext
+from convcli.job.data import LazyData, batch_sizes
+from convcli.job.evaluation import Entry, Evaluation
+from convcli.job.keys import data_key, file_digest, source_key, step_keys
+from convcli.job.output import finalize, stage, step_records
+from convcli.job.source import LazySource, find_loader, target_requests, with_source_layout
+from convcli.parity.evaluate import EvalSettings
+from convcli.recipes.schema import JobSpec
+from convcli.reports.model import Report
+
+
+@dataclass
+class JobResult:
+    report: Report
+    output: Path
+    tracebacks: list[str] = field(default_factory=list)
+
+
+def open_cache(spec: JobSpec) -> Cache:
+    return Cache(spec.cache_dir or default_cache_dir(), enabled=spec.cache)
+
+
+def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressSink | None = None,
+            command: str = "", debug: bool = False) -> JobResult:
+    """Plan, convert (reusing cached steps), measure (reusing cached measurements), judge and report."""
+    registry = registry or default_registry()
+    cache = open_cache(spec)
+    loader = find_loader(registry, spec)
+    spec = with_source_layout(registry, spec, loader)
+    requests = target_requests(spec)
+    skip = set() if spec.simplify else {p.name for p in registry.passes.values() if p.default_for_target}
+    the_plan = plan(registry, loader.format, requests, spec.step_options, skip)
+    for p in (spec.data.parity, spec.data.validation, spec.data.calibration):
+        if p is not None and not Path(p).exists():
+            raise InputError(f"data path {p} does not exist")
+    src_key = source_key(spec, loader)
+    if spec.prune is not None:
+        src_key = make_key(src_key, "prune", spec.prune.model_dump(), file_digest(spec.data.train))
+    source = LazySource(registry, spec, cache, src_key)
+    inputs, outputs = source.signature()
+    threads = spec.latency.threads or os.cpu_count() or 1
+    parity_batch, latency_batches = batch_sizes(inputs, spec)
+    settings = EvalSettings(threads, parity_batch, latency_batches, spec.latency.warmup, spec.latency.runs,
+                            spec.latency.max_seconds, spec.latency.enabled)
+    calib_key = file_digest(spec.data.calibration) if spec.data.calibration else None
+    calib_key = make_key("calibration", calib_key, spec.data.calibration_samples) if calib_key else None
+    valid_key = make_key("validation", file_digest(spec.data.validation), spec.data.validation_samples,
+                         spec.data.preprocess.model_dump())
+    keys = step_keys(the_plan, src_key, calib_key, valid_key)
+    data = LazyData(spec, inputs)
+
+    output = spec.output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.convcli-", dir=output.parent))
+    try:
+        ctx = StepContext(workdir=workdir, threads=threads, debug=debug,
+                          calibration_source=lambda: data.get().calibration,
+                          validation_source=lambda: data.get().labelled)
+        outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
+        staged = stage(the_plan, outcomes, source, workdir / "final")
+        measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances)
+        entries = []
+        for t in the_plan.targets:
+            k = keys.get(t.final_step) if t.final_step else src_key
+            entries.append(Entry(t.request.label, t.request.format, t.request.precision, the_plan.chain_text(t),
+                                 staged[t.request.label], make_key(measure_base, k, t.request.label)))
+        evaluation = Evaluation(registry, spec, source, data, settings, cache, progress, outputs)
+        report = evaluation.report(entries, step_records(the_plan, outcomes),
+                                   make_key(measure_base, src_key, "source"))
+        report.command = command
+        report.cache = {"dir": str(cache.root), "enabled": cache.enabled,
+                        "steps_cached": sum(o.cached for o in outcomes.values()),
+                        "steps_run": sum(not o.cached and not o.skipped for o in outcomes.values()),
+                        "corrupt_entries_rebuilt": len(cache.rebuilt)}
+        finalize(report, spec, workdir / "final", output)
+        tracebacks = [o.traceback for o in outcomes.values() if o.traceback]
+        return JobResult(report, output, tracebacks)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None = None,
+                    progress: ProgressSink | None = None, command: str = "", debug: bool = False) -> Report:
+    """Parity/accuracy/latency of artifacts that already exist (``convcli check``). Nothing is converted or
+    cached; the report is written to ``spec.output``."""
+    registry = registry or default_registry()
+    cache = Cache(Path(tempfile.gettempdir()), enabled=False)
+    loader = find_loader(registry, spec)
+    spec = with_source_layout(registry, spec, loader)
+    source = LazySource(registry, spec, cache, source_key(spec, loader))
+    artifact_src = source.get()
+    precision = spec.targets[0].precisions[0] if spec.targets else "fp32"
+    entries: list[Entry] = []
+    for i, f in enumerate(files):
+        if not f.exists():
+            raise InputError(f"artifact {f} does not exist")
+        fmt = next((fs.name for fs in registry.formats.values() if f.suffix in fs.suffixes and fs.name not in
+                    ("torchscript",)), None)
+        if fmt is None:
+            suffixes = sorted({s for x in registry.formats.values() for s in x.suffixes})
+            raise InputError(f"cannot tell the format of {f}", hint=f"known suffixes: {', '.join(suffixes)}")
+        siblings = [p for p in f.parent.iterdir() if p.is_file() and p.name.startswith(f.stem + ".")]
+        artifact = Artifact(format=fmt, path=f, inputs=artifact_src.inputs, output_names=artifact_src.output_names,
+                            precision=precision, files=sorted(siblings))
+        entries.append(Entry(f"{fmt}-{precision}-{i}", fmt, precision, str(f), artifact, ""))
+    threads = spec.latency.threads or os.cpu_count() or 1
+    parity_batch, latency_batches = batch_sizes(artifact_src.inputs, spec)
+    settings = EvalSettings(threads, parity_batch, latency_batches, spec.latency.warmup, spec.latency.runs,
+                            spec.latency.max_seconds, spec.latency.enabled)
+    evaluation = Evaluation(registry, spec, source, LazyData(spec, artifact_src.inputs), settings, cache, progress,
+                            artifact_src.output_names)
+    report = evaluation.report(entries, [], "")
+    report.command = command
+    for row in report.artifacts:
+        row.path = row.chain
+    atomic_write_text(spec.output / "report.json", report.to_json() + "\n")
+    return report
+
+
