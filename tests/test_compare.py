@@ -57,3 +57,55 @@ def test_fp16_absolute_term_scales_with_the_output_range() -> None:
     result = compare_outputs(["y"], [small], [small + noise], DEFAULT_TOLERANCES["fp16"])
     assert not result.passed and "atol=0.01" in result.message
     assert not compare_outputs(["y"], [big], [big + 4 * noise], DEFAULT_TOLERANCES["fp16"]).passed
+
+
+def test_nan_in_the_source_is_named_with_its_share_and_metrics_stay_finite() -> None:
+    ref = np.array([[np.nan, 1.0], [2.0, 3.0]], np.float32)
+    result = compare_outputs(["y"], [ref], [ref.copy()], DEFAULT_TOLERANCES["fp32"])
+    out = result.outputs[0]
+    assert out.source_nonfinite is not None and "'y'" in out.source_nonfinite and "25%" in out.source_nonfinite
+    assert out.nonfinite is None  # the artifact reproduces the source's NaN exactly
+    assert all(np.isfinite(v) for v in (result.max_abs_err, result.cosine_min, result.rel_l2_err))
+
+
+def test_nan_where_the_source_is_finite_fails_the_output() -> None:
+    ref = np.ones((2, 3), np.float32)
+    got = ref.copy()
+    got[0, 1] = np.nan
+    result = compare_outputs(["y"], [ref], [got], DEFAULT_TOLERANCES["int8"])
+    assert not result.passed and "non-finite values differ" in result.message
+    assert np.isfinite(result.cosine_min) and np.isfinite(result.max_abs_err)
+
+
+def test_degenerate_references_are_recognised() -> None:
+    from convcli.parity.compare import degenerate_reasons
+
+    assert "all zero" in degenerate_reasons(np.zeros((4, 3)), 1e-4)[0]
+    assert "same for all 4 samples" in degenerate_reasons(np.tile(np.arange(3.0), (4, 1)), 1e-4)[0]
+    assert "too small" in degenerate_reasons(np.random.default_rng(0).normal(size=(4, 3)) * 1e-6, 1e-4)[0]
+    assert degenerate_reasons(np.random.default_rng(0).normal(size=(4, 3)), 1e-4) == []
+
+
+def test_top1_is_judged_only_for_classifier_kinds() -> None:
+    from convcli.parity.compare import KindChoice, assume_kind
+
+    ref = np.eye(4, dtype=np.float32) * 0.1
+    got = ref[[1, 0, 2, 3]]
+    tol = Tolerance(min_top1=0.9)
+    unknown = compare_outputs(["output"], [ref], [got], tol)
+    assert unknown.passed and unknown.outputs[0].kind == "tensor" and unknown.outputs[0].top1_agreement == 0.5
+    declared = compare_outputs(["output"], [ref], [got], tol, [KindChoice(kind="logits", declared=True)])
+    assert not declared.passed and "top-1 agreement 0.500" in declared.message
+    assert assume_kind("logits", ref).kind == "logits"
+    assert assume_kind("output", ref, labelled=True).kind == "logits"
+    assert assume_kind("output", np.full((3, 4), 0.25)).kind == "probabilities"
+    assert assume_kind("output", ref, declared="embedding").declared
+
+
+def test_a_tolerance_override_merges_field_by_field() -> None:
+    from convcli.parity.compare import merge_tolerance
+
+    merged = merge_tolerance("fp16", Tolerance(atol=0.05))
+    assert merged.atol == 0.05 and merged.min_cosine == DEFAULT_TOLERANCES["fp16"].min_cosine
+    assert merged.min_top1 == DEFAULT_TOLERANCES["fp16"].min_top1 and merged.atol_per_range
+    assert merge_tolerance("fp16", Tolerance(min_top1=None)).min_top1 is None  # null disables one check

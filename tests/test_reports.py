@@ -29,7 +29,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUTDIR of digits_cnn -> onnx (passes) and tensorrt (unavailable without NVIDIA's wheels and a GPU)."""
     out = tmp_path_factory.mktemp("reports") / "out"
-    res = Cli()("convert", *DIGITS.args(), "--to", "onnx,tensorrt", "--batch", "1,8", "-o", out, *FAST)
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: the per-test private cache is not set up yet
+        mp.setenv("CONVCLI_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        res = Cli()("convert", *DIGITS.args(), "--to", "onnx,tensorrt", "--batch", "1,8", "-o", out, *FAST)
     assert res.exit_code == 0, res.output
     return out
 

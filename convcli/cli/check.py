@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import err, handle_errors, out
+from convcli.cli.common import OUTPUT_KIND_HELP, err, handle_errors, out, parse_output_kinds
 from convcli.cli.convert import INPUT_HELP, MODEL_HELP
 from convcli.cli.progress import RichProgress
 
@@ -22,6 +22,8 @@ def check(
     samples: int = typer.Option(None, "--samples", help="Parity samples (default 16)."),
     threads: int = typer.Option(None, "--threads", help="Threads for every runtime."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip latency measurement."),
+    output_kind: list[str] = typer.Option(None, "--output-kind", help=OUTPUT_KIND_HELP),
+    strict: bool = typer.Option(False, "--strict", help="Fail on a degenerate reference output instead of flagging."),
     output: Path = typer.Option(Path("convcli-check"), "--output", "-o", help="Where report.json goes."),
 ) -> None:
     """Run parity, accuracy and latency of existing artifacts against the source model.
@@ -35,13 +37,14 @@ def check(
 
 def _check(model: str, artifacts: list[Path], inputs: list[str] | None, weights: Path | None, precision: str,
            data: Path | None, validation: Path | None, samples: int | None, threads: int | None, no_latency: bool,
-           output: Path) -> None:
+           output_kind: list[str] | None, strict: bool, output: Path) -> None:
     from convcli.cli.common import STATE, build_job, echo_command
     from convcli.job import check_artifacts
     from convcli.reports.terminal import render_terminal
 
     spec = build_job(model, "onnx", inputs, weights, precision, None, output, parity=data,
-                     validation=validation, samples=samples, threads=threads, enabled=not no_latency)
+                     validation=validation, samples=samples, threads=threads, enabled=not no_latency,
+                     outputs=parse_output_kinds(output_kind), strict=strict or None)
     report = check_artifacts(spec, artifacts, progress=RichProgress(err), command=echo_command(),
                              debug=bool(STATE["debug"]))
     render_terminal(report, out)

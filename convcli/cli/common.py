@@ -119,7 +119,24 @@ def _build_job(registry: Registry, model: str, to: str, inputs: list[str] | None
     )
 
 
-JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune")
+JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune", "outputs", "strict")
+OUTPUT_KIND_HELP = ("NAME:KIND, how an output is judged: logits|probabilities (top-1), embedding (cosine), "
+                    "regression|boxes (elementwise); e.g. --output-kind output:embedding")
+
+
+def parse_output_kinds(items: list[str] | None) -> dict[str, str] | None:
+    """``--output-kind NAME:KIND`` (repeatable) -> {NAME: KIND}; the kind is checked here, the name against the
+    source's outputs once it is known."""
+    from convcli.parity.compare import OUTPUT_KINDS
+
+    kinds: dict[str, str] = {}
+    for item in items or []:
+        name, colon, kind = item.rpartition(":")
+        if not colon or not name or kind not in OUTPUT_KINDS:
+            raise InputError(f"--output-kind '{item}': expected NAME:KIND with KIND one of {', '.join(OUTPUT_KINDS)}",
+                             hint="e.g. --output-kind output:embedding")
+        kinds[name] = kind
+    return kinds or None
 
 
 def echo_command() -> str:

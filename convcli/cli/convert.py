@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import build_job, echo_command, err, handle_errors, out, print_plan
+from convcli.cli.common import (
+    OUTPUT_KIND_HELP,
+    build_job,
+    echo_command,
+    err,
+    handle_errors,
+    out,
+    parse_output_kinds,
+    print_plan,
+)
 from convcli.cli.progress import RichProgress
 from convcli.core.errors import InputError
 
@@ -39,6 +48,9 @@ def convert(
     runs: int = typer.Option(None, "--runs", help="Timed runs per artifact (default 30)."),
     threads: int = typer.Option(None, "--threads", help="Threads for every runtime (default: all cores)."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip latency measurement."),
+    output_kind: list[str] = typer.Option(None, "--output-kind", help=OUTPUT_KIND_HELP),
+    strict: bool = typer.Option(False, "--strict", help="Fail rows whose reference output is degenerate "
+                                                        "(constant, input-independent, tiny) instead of flagging."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip the default simplification passes."),
     require_all: bool = typer.Option(False, "--require-all", help="Exit 3 when a target is unavailable here."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every step and measure again."),
@@ -93,7 +105,8 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
              option: list[str] | None, opset: int | None, exporter: str | None, data: Path | None,
              validation: Path | None, calibration: Path | None, calibration_samples: int | None,
              prune: str | None, train: Path | None, finetune_epochs: int, samples: int | None, batch: str | None,
-             runs: int | None, threads: int | None, no_latency: bool, no_simplify: bool, require_all: bool,
+             runs: int | None, threads: int | None, no_latency: bool, output_kind: list[str] | None, strict: bool,
+             no_simplify: bool, require_all: bool,
              no_cache: bool, cache_dir: Path | None, json_out: bool) -> None:
     from convcli.cli.common import STATE
     from convcli.job import run_job
@@ -104,7 +117,8 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
                      calibration_samples=calibration_samples, train=train,
                      prune=_prune_options(prune, finetune_epochs), samples=samples,
                      batches=_batches(batch), runs=runs, threads=threads, enabled=not no_latency,
-                     simplify=not no_simplify, require_all=require_all, cache=not no_cache, cache_dir=cache_dir)
+                     simplify=not no_simplify, require_all=require_all, cache=not no_cache, cache_dir=cache_dir,
+                     outputs=parse_output_kinds(output_kind), strict=strict or None)
     result = run_job(spec, progress=RichProgress(err), command=echo_command(), debug=bool(STATE["debug"]))
     if STATE["debug"]:
         for tb in result.tracebacks:

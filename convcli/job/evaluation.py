@@ -20,7 +20,7 @@ from convcli.job.data import LazyData
 from convcli.job.judge import exit_code, flag_speed, judge
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
-from convcli.parity.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs
+from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, Tolerance, assume_kind, compare_outputs
 from convcli.parity.evaluate import EvalSettings, Measurement, measure_model
 from convcli.recipes.schema import JobSpec
 from convcli.reports.model import ArtifactReport, Report, Settings, SourceReport, Status, StepRecord
@@ -46,7 +46,7 @@ class Evaluation:
                  settings: EvalSettings, cache: Cache, progress: ProgressSink | None, outputs: list[str]) -> None:
         self.registry, self.spec, self.source, self.data = registry, spec, source, data
         self.settings, self.cache, self.progress, self.outputs = settings, cache, progress, outputs
-        self.tolerances = {p: spec.tolerances.get(p, t) for p, t in DEFAULT_TOLERANCES.items()}
+        self.tolerances = {p: spec.tolerances.get(p, t) for p, t in DEFAULT_TOLERANCES.items()}  # merged in JobSpec
         self._ref: Measurement | None = None
 
     def _begin(self, label: str) -> None:
@@ -72,6 +72,13 @@ class Evaluation:
                 raise InputError(f"the source model fails on the parity data: {first_line(exc)}") from exc
             self._end(label, True)
         return self._ref
+
+    def kinds(self, ref: Measurement) -> list[KindChoice]:
+        """How each output is judged: declared (``--output-kind``, recipe ``outputs:``), else assumed from evidence
+        (compare.assume_kind). Accuracy is scored on the first output, so with a labelled set it is a classifier."""
+        labelled = self.data.get().labelled is not None
+        return [assume_kind(name, arr, self.spec.outputs.get(name), labelled and i == 0)
+                for i, (name, arr) in enumerate(zip(self.outputs, ref.outputs, strict=False))]
 
     def source_report(self, key: str) -> SourceReport:
         cached = self.cache.load_json("measure", key)
@@ -143,7 +150,7 @@ class Evaluation:
             return row
         tol = self.tolerances.get(artifact.precision, Tolerance())
         names = artifact.output_names or self.outputs
-        parity = compare_outputs(names, ref.outputs, got.outputs, tol)
+        parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref))
         row = ArtifactReport(**common, status="passed", runner=got.runner, parity=parity, accuracy=got.accuracy,
                              latency_ms=_headline(got.latency),
                              latency_by_batch={str(b): s for b, s in got.latency.items()})
@@ -157,7 +164,7 @@ class Evaluation:
         target_gates = {f"{t.format}-{p}" + (f"@{t.via}" if t.via else ""): t.gates
                         for t in self.spec.targets for p in t.precisions if t.gates}
         for row in rows:
-            judge(row, src, self.spec.gates.merged(target_gates.get(row.id)))
+            judge(row, src, self.spec.gates.merged(target_gates.get(row.id)), strict=self.spec.strict)
         flag_speed(rows)
         passed = [r for r in rows if r.status == "passed" and r.latency_ms]
         fastest = min(passed, key=lambda r: r.latency_ms.p50).id if passed else None  # type: ignore[union-attr]

@@ -3,25 +3,61 @@ run's exit code. The rules are documented in docs/cli.md ("How artifacts are jud
 
 from __future__ import annotations
 
+import math
+
 from convcli.core.errors import EXIT_CONVERSION_FAILED, EXIT_GATE_FAILED, EXIT_OK
 from convcli.recipes.schema import GateSpec
 from convcli.reports.model import ArtifactReport, SourceReport
 
 
-def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec) -> None:
-    """Apply parity tolerances and gates to a measured row: sets status, failures, accuracy drop, speedup."""
+def parity_failures(row: ArtifactReport, strict: bool) -> tuple[list[str], list[str]]:
+    """Failures and flags from the row's parity, output by output.
+
+    - Non-finite values (NaN/inf in the source's output on the parity data, or where the artifact's differ from
+      the source's) always fail, on every precision and whatever else is judged.
+    - A degenerate reference is a flag, and a failure with ``strict``.
+    - Tolerance problems fail, except on the output the accuracy is scored on (the first) of an int8 row that has
+      an accuracy: that output is judged by its accuracy drop; every other output still meets the int8 tolerance.
+    """
+    parity = row.parity
+    if parity is None:
+        return [], []
+    failures: list[str] = []
+    flags: list[str] = []
+    if not parity.outputs and not parity.passed:
+        return [f"parity: {parity.message}"], []
+    judged_on_accuracy = row.precision == "int8" and row.accuracy is not None
+    for i, out in enumerate(parity.outputs):
+        problems = [p for p in (out.source_nonfinite, out.nonfinite) if p]
+        if not (judged_on_accuracy and i == 0):
+            problems += out.problems
+        if problems:
+            failures.append(f"parity: {out.name}: {'; '.join(problems)}")
+        for reason in out.degenerate:
+            text = f"degenerate reference: output '{out.name}' is {reason}; parity on it proves little"
+            (failures if strict else flags).append(text + (" (strict)" if strict else ""))
+    nan = [name for name in ("max_abs_err", "mean_abs_err", "rel_l2_err", "cosine_min", "top1_agreement")
+           if (v := getattr(parity, name)) is not None and not math.isfinite(v)]
+    if nan:  # compare.py computes metrics on finite positions only; a NaN here is a bug, never a pass
+        failures.append(f"parity: {', '.join(nan)} not finite")
+    return failures, flags
+
+
+def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec, strict: bool = False) -> None:
+    """Apply parity tolerances and gates to a measured row: sets status, failures, flags, accuracy drop, speedup.
+    Every rule is in this function and ``parity_failures``; docs/cli.md states them in words."""
     if row.status not in ("passed", "failed"):
         return
-    failures: list[str] = []
+    failures, flags = parity_failures(row, strict)
+    row.flags = [f for f in row.flags if not f.startswith("degenerate reference")] + flags
     parity = row.parity
-    judged_on_accuracy = row.precision == "int8" and row.accuracy is not None
-    if parity is not None and not parity.passed and not judged_on_accuracy:
-        failures.append(f"parity: {parity.message}")
     row.accuracy_drop = None
     if row.accuracy is not None and src.accuracy is not None:
         row.accuracy_drop = src.accuracy - row.accuracy
         limit = gates.accuracy_limit(row.precision)
-        if limit is not None and row.accuracy_drop > limit + 1e-12:
+        if not math.isfinite(row.accuracy_drop):
+            failures.append("accuracy is not a finite number")
+        elif limit is not None and row.accuracy_drop > limit + 1e-12:
             failures.append(f"accuracy drop {row.accuracy_drop * 100:.2f} points > {limit * 100:.2f}")
     head, ref_head = row.latency_ms, src.latency_ms
     row.speedup_vs_source = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None

@@ -25,7 +25,7 @@ from convcli.job.data import LazyData, batch_sizes
 from convcli.job.evaluation import Entry, Evaluation
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
 from convcli.job.output import finalize, stage, step_records
-from convcli.job.source import LazySource, find_loader, target_requests, with_source_layout
+from convcli.job.source import LazySource, check_declared_outputs, find_loader, target_requests, with_source_layout
 from convcli.parity.evaluate import EvalSettings
 from convcli.recipes.schema import JobSpec
 from convcli.reports.model import Report
@@ -60,6 +60,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         src_key = make_key(src_key, "prune", spec.prune.model_dump(), file_digest(spec.data.train))
     source = LazySource(registry, spec, cache, src_key)
     inputs, outputs = source.signature()
+    check_declared_outputs(spec, outputs)
     threads = spec.latency.threads or os.cpu_count() or 1
     parity_batch, latency_batches = batch_sizes(inputs, spec)
     settings = EvalSettings(threads, parity_batch, latency_batches, spec.latency.warmup, spec.latency.runs,
@@ -80,7 +81,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
                           validation_source=lambda: data.get().labelled)
         outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
         staged = stage(the_plan, outcomes, source, workdir / "final")
-        measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances)
+        measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances, spec.outputs)
         entries = []
         for t in the_plan.targets:
             k = keys.get(t.final_step) if t.final_step else src_key
@@ -111,6 +112,7 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
     spec = with_source_layout(registry, spec, loader)
     source = LazySource(registry, spec, cache, source_key(spec, loader))
     artifact_src = source.get()
+    check_declared_outputs(spec, artifact_src.output_names)
     precision = spec.targets[0].precisions[0] if spec.targets else "fp32"
     entries: list[Entry] = []
     for i, f in enumerate(files):

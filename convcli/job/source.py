@@ -110,3 +110,12 @@ def target_requests(spec: JobSpec) -> list[TargetRequest]:
     return requests
 
 
+
+
+def check_declared_outputs(spec: JobSpec, outputs: list[str]) -> None:
+    """Declared output kinds must name outputs the source has (before anything is converted)."""
+    unknown = [name for name in spec.outputs if name not in outputs]
+    if unknown:
+        raise InputError(f"--output-kind {unknown[0]}: the source has no output '{unknown[0]}'",
+                         hint=f"its outputs are {', '.join(outputs)}; e.g. --output-kind {outputs[0]}:embedding"
+                         if outputs else "")

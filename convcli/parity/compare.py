@@ -1,12 +1,32 @@
-"""Output comparison: per output, max/mean abs error, relative L2, cosine and top-1 agreement, judged
-against a tolerance that depends on the artifact's precision (docs/cli.md lists the defaults)."""
+"""Output comparison: per output, max/mean abs error, relative L2, cosine and top-1 agreement, judged against a
+tolerance that depends on the artifact's precision (docs/cli.md, "How artifacts are judged", lists the rules).
+
+Three things make a comparison prove nothing, and each is said out loud instead of passing quietly: non-finite
+values (NaN fails every ``>`` test, so it is checked, never compared: metrics cover the positions finite on both
+sides, non-finite positions must match exactly, and a source that is itself non-finite fails the row in the
+judge, while a step's own check only asks that the artifact reproduce it), a degenerate reference (all zero,
+constant, the same for every sample, or too small for the tolerance to tell right from wrong), and judging an
+output by a rule that does not fit what it is (argmax over the dimensions of an embedding)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+OutputKind = Literal["logits", "probabilities", "embedding", "regression", "boxes"]
+OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "embedding", "regression", "boxes")
+CLASSIFIER_KINDS = ("logits", "probabilities")
+# An output with no declared kind is judged as a classifier (top-1) only on evidence: the labelled set's accuracy
+# is computed on it, its rows are probability distributions, or its name says so. Shape alone is no evidence: a
+# (N, 384) sentence embedding and (N, 384) logits look the same.
+_CLASSIFIER_NAME = re.compile(r"logit|prob|class|cls", re.IGNORECASE)
+# Below this, a reference without an elementwise tolerance (int8) counts as too small: fp16 underflows and int8
+# scales degenerate, so any artifact that outputs (near) zero would agree with it.
+TINY_OUTPUT = 1e-6
 
 
 class Tolerance(BaseModel):
@@ -19,7 +39,8 @@ class Tolerance(BaseModel):
         default=False, description="Scale atol by the output's range, max(1, max|ref|): for precisions whose "
                                    "error grows with the magnitude of the activations (fp16).")
     min_cosine: float | None = Field(default=None, description="Lowest per-sample cosine similarity allowed.")
-    min_top1: float | None = Field(default=None, description="Lowest top-1 agreement for classifier outputs.")
+    min_top1: float | None = Field(default=None, description="Lowest top-1 agreement for classifier outputs "
+                                                             "(kinds logits and probabilities).")
 
 
 # fp32: conversions should be numerically exact up to kernel reordering. fp16 keeps 11 significant bits: each
@@ -34,18 +55,71 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+def merge_tolerance(precision: str, override: Tolerance | None) -> Tolerance:
+    """The default tolerance of ``precision`` with the fields ``override`` sets replacing the default's, field by
+    field: ``{fp16: {atol: 0.05}}`` loosens fp16's elementwise limit and keeps its cosine and top-1 checks. A
+    field set to null disables that check."""
+    base = DEFAULT_TOLERANCES.get(precision, Tolerance())
+    if override is None:
+        return base
+    return base.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+class KindChoice(BaseModel):
+    """How one output is judged, and why: declared by the user, or assumed from evidence (said in the report)."""
+
+    kind: str = Field(description="logits, probabilities, embedding, regression, boxes, or 'tensor' (no kind "
+                                  "known: elementwise and cosine, top-1 not judged).")
+    declared: bool = False
+    reason: str = ""
+
+    @property
+    def judges_top1(self) -> bool:
+        return self.kind in CLASSIFIER_KINDS
+
+
+def assume_kind(name: str, ref: np.ndarray, declared: str | None = None,
+                labelled: bool = False) -> KindChoice:
+    """The kind an output is judged as. ``labelled``: the job's labelled set scores accuracy on this output, which
+    only a classifier can have."""
+    if declared is not None:
+        return KindChoice(kind=declared, declared=True, reason="declared")
+    two_d = ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating)
+    if not two_d:
+        return KindChoice(kind="tensor", reason=f"{ref.ndim}-D output: judged elementwise and by cosine")
+    if labelled:
+        return KindChoice(kind="logits", reason="accuracy on the labelled set is computed on it")
+    finite = ref[np.isfinite(ref).all(axis=1)]
+    if finite.size and finite.min() >= 0 and finite.max() <= 1 and np.allclose(finite.sum(axis=1), 1, atol=1e-3):
+        return KindChoice(kind="probabilities", reason="every row is a probability distribution")
+    if _CLASSIFIER_NAME.search(name):
+        return KindChoice(kind="logits", reason=f"its name '{name}' says so")
+    return KindChoice(kind="tensor", reason=f"(N, {ref.shape[1]}) could be logits or an embedding: top-1 shown, "
+                                            f"not judged; declare --output-kind {name}:logits to judge it")
+
+
 class OutputParity(BaseModel):
     name: str
     shape: list[int]
+    kind: str = Field(default="tensor", description="The kind the output was judged as (KindChoice.kind).")
+    kind_reason: str = Field(default="", description="'declared', or why the kind was assumed.")
     max_abs_err: float | None = None
     mean_abs_err: float | None = None
     rel_l2_err: float | None = None
     cosine_min: float | None = None
-    top1_agreement: float | None = None
+    top1_agreement: float | None = Field(default=None, description="Shown for 2-D float outputs; judged only for "
+                                                                   "kinds logits and probabilities.")
     abs_err_quantiles: dict[str, float] = Field(
         default_factory=dict, description="Distribution of |artifact - source| over all values: p50, p90, p99, max.")
     passed: bool
-    problems: list[str] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list, description="Failed tolerance checks.")
+    source_nonfinite: str | None = Field(default=None, description="NaN/inf in the source's own output on the "
+                                                                   "parity data: the row fails (judge), whatever "
+                                                                   "the artifact does.")
+    nonfinite: str | None = Field(default=None, description="Where the artifact's non-finite values differ from "
+                                                            "the source's: fails the output.")
+    degenerate: list[str] = Field(default_factory=list, description="Why the reference cannot tell a right answer "
+                                                                    "from a wrong one (a flag; a failure with strict).")
 
 
 class ParityResult(BaseModel):
@@ -63,22 +137,68 @@ class ParityResult(BaseModel):
     message: str = ""
 
 
-def _is_classifier(arr: np.ndarray) -> bool:
-    return arr.ndim == 2 and arr.shape[1] > 1 and np.issubdtype(arr.dtype, np.floating)
+def _share(mask: np.ndarray) -> str:
+    return f"{mask.mean() * 100:.3g}%"
 
 
-def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) -> OutputParity:
+def source_nonfinite(name: str, r: np.ndarray) -> str | None:
+    """The source's NaN/inf on the parity data, named with their share; None when it is finite everywhere."""
+    bad = ~np.isfinite(r)
+    if not bad.any():
+        return None
+    return (f"source output '{name}' is non-finite in {_share(bad)} of its values (NaN {_share(np.isnan(r))}, "
+            f"inf {_share(np.isinf(r))}) on the parity data: feed inputs in the model's valid range (--data, or "
+            "--input NAME:SHAPE:DTYPE:LOW..HIGH)")
+
+
+def nonfinite_mismatch(r: np.ndarray, g: np.ndarray) -> str | None:
+    """Positions where the artifact's non-finite values differ from the source's (NaN vs inf, the sign of an inf,
+    or non-finite on one side only). None when they agree exactly: then the finite positions are compared."""
+    bad_r, bad_g = ~np.isfinite(r), ~np.isfinite(g)
+    differ = (bad_r != bad_g) | (np.isnan(r) != np.isnan(g)) | (np.isinf(r) & np.isinf(g) & (np.sign(r) != np.sign(g)))
+    if not differ.any():
+        return None
+    return (f"non-finite values differ from the source's at {int(differ.sum())} of {differ.size} positions "
+            f"(artifact NaN/inf where the source is finite: {int((bad_g & ~bad_r).sum())})")
+
+
+def degenerate_reasons(r: np.ndarray, atol: float | None) -> list[str]:
+    """Why a (finite part of a) reference output cannot tell a right artifact from a wrong one. ``atol`` is the
+    row's effective absolute tolerance (None: no elementwise check, then TINY_OUTPUT is the floor)."""
+    finite = r[np.isfinite(r)]
+    if finite.size == 0:
+        return []
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo == hi:
+        return [f"constant: every value is {lo:g}" + (" (all zero)" if lo == 0 else "")]
+    reasons = []
+    if r.ndim and r.shape[0] > 1 and np.all(np.isfinite(r)) and np.all(r == r[:1]):
+        reasons.append(f"the same for all {r.shape[0]} samples: it does not depend on the inputs given")
+    peak = float(np.abs(finite).max())
+    floor = atol if atol is not None else TINY_OUTPUT
+    if peak <= floor:
+        reasons.append(f"too small: max |value| {peak:.3g} <= {floor:.3g}, so an all-zero artifact would pass")
+    return reasons
+
+
+def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
+                   kind: KindChoice | None = None) -> OutputParity:
+    kind = kind or assume_kind(name, ref)
+    head: dict[str, Any] = dict(name=name, shape=list(ref.shape), kind=kind.kind, kind_reason=kind.reason)
     if ref.shape != got.shape:
-        return OutputParity(name=name, shape=list(ref.shape), passed=False,
+        return OutputParity(**head, passed=False,
                             problems=[f"shape {tuple(got.shape)} differs from the source's {tuple(ref.shape)}"])
     r = ref.astype(np.float64)
     g = got.astype(np.float64)
+    mismatch, source_bad = nonfinite_mismatch(r, g), source_nonfinite(name, r)
+    # Metrics on the positions finite in both (NaN would poison every number; the mismatch itself fails above).
+    both = np.isfinite(r) & np.isfinite(g)
+    r = np.where(both, r, 0.0)
+    g = np.where(both, g, 0.0)
     diff = np.abs(r - g)
     problems: list[str] = []
-    if not np.all(np.isfinite(g)) and np.all(np.isfinite(r)):
-        problems.append("artifact output has NaN/inf where the source has none")
     max_abs = float(diff.max()) if diff.size else 0.0
-    mean_abs = float(diff.mean()) if diff.size else 0.0
+    mean_abs = float(diff[both].mean()) if both.any() else 0.0
     norm = float(np.linalg.norm(r))
     rel_l2 = float(np.linalg.norm(r - g) / norm) if norm > 0 else float(np.linalg.norm(g))
     n = r.shape[0] if r.ndim else 1
@@ -88,8 +208,9 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) 
     cos = np.where(both_zero, 1.0, (rf * gf).sum(axis=1) / np.maximum(nr * ng, 1e-30))
     cosine_min = float(cos.min()) if cos.size else 1.0
     top1 = None
-    if _is_classifier(r):
+    if ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating):
         top1 = float((r.argmax(axis=1) == g.argmax(axis=1)).mean())
+    atol = None
     if tol.atol is not None:
         atol = tol.atol * max(1.0, float(np.abs(r).max()) if r.size else 1.0) if tol.atol_per_range else tol.atol
         bad = diff > atol + tol.rtol * np.abs(r)
@@ -98,35 +219,41 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) 
                             f"(max abs err {max_abs:.3g})")
     if tol.min_cosine is not None and cosine_min < tol.min_cosine:
         problems.append(f"cosine {cosine_min:.6f} < {tol.min_cosine}")
-    if tol.min_top1 is not None and top1 is not None and top1 < tol.min_top1:
+    if tol.min_top1 is not None and top1 is not None and kind.judges_top1 and top1 < tol.min_top1:
         problems.append(f"top-1 agreement {top1:.3f} < {tol.min_top1}")
     quantiles = {}
     if diff.size:
         q = np.percentile(diff, [50, 90, 99])
         quantiles = {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": max_abs}
-    return OutputParity(name=name, shape=list(ref.shape), max_abs_err=max_abs, mean_abs_err=mean_abs,
-                        rel_l2_err=rel_l2, cosine_min=cosine_min, top1_agreement=top1, abs_err_quantiles=quantiles,
-                        passed=not problems, problems=problems)
+    return OutputParity(**head, max_abs_err=max_abs, mean_abs_err=mean_abs, rel_l2_err=rel_l2,
+                        cosine_min=cosine_min, top1_agreement=top1, abs_err_quantiles=quantiles,
+                        passed=not problems and mismatch is None, problems=problems, nonfinite=mismatch,
+                        source_nonfinite=source_bad,
+                        degenerate=degenerate_reasons(ref.astype(np.float64), atol))
 
 
-def compare_outputs(names: list[str], ref: list[np.ndarray], got: list[np.ndarray], tol: Tolerance) -> ParityResult:
+def compare_outputs(names: list[str], ref: list[np.ndarray], got: list[np.ndarray], tol: Tolerance,
+                    kinds: list[KindChoice] | None = None) -> ParityResult:
     """Compare positionally; one combined message lists every failing output."""
     samples = ref[0].shape[0] if ref and ref[0].ndim else 1
     if len(ref) != len(got):
         return ParityResult(passed=False, samples=samples, tolerance=tol,
                             message=f"artifact returns {len(got)} outputs, the source {len(ref)}")
-    outs = [compare_output(n, r, g, tol) for n, r, g in zip(names, ref, got, strict=True)]
+    chosen: list[KindChoice | None] = list(kinds) if kinds is not None else [None] * len(ref)
+    outs = [compare_output(n, r, g, tol, k) for n, r, g, k in zip(names, ref, got, chosen, strict=True)]
 
     def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
         vals = [getattr(o, attr) for o in outs if getattr(o, attr) is not None]
         return fn(vals) if vals else None
 
-    failing = [f"{o.name}: {'; '.join(o.problems)}" for o in outs if not o.passed]
+    judged_top1 = [o.top1_agreement for o in outs if o.top1_agreement is not None and o.kind in CLASSIFIER_KINDS]
+    failing = [f"{o.name}: {'; '.join(([o.nonfinite] if o.nonfinite else []) + o.problems)}"
+               for o in outs if not o.passed]
     return ParityResult(
         passed=not failing, samples=samples, tolerance=tol, outputs=outs,
         max_abs_err=worst("max_abs_err", max), mean_abs_err=worst("mean_abs_err", max),
         rel_l2_err=worst("rel_l2_err", max), cosine_min=worst("cosine_min", min),
-        top1_agreement=worst("top1_agreement", min), message=" | ".join(failing),
+        top1_agreement=min(judged_top1) if judged_top1 else None, message=" | ".join(failing),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from convcli.core.tensors import TensorSpec, parse_input_spec
-from convcli.parity.compare import Tolerance
+from convcli.parity.compare import DEFAULT_TOLERANCES, OutputKind, Tolerance, merge_tolerance
 from convcli.parity.data import ImagePreprocess
 from convcli.passes.prune_pytorch import PruneOptions
 
@@ -55,9 +55,15 @@ class GateSpec(Strict):
     max_size_mb: float | None = Field(default=None, description="Largest artifact size (MB).")
 
     def merged(self, override: GateSpec | None) -> GateSpec:
+        """Field by field: a target's gate replaces the job's for that field only; per-precision accuracy limits
+        merge per precision."""
         if override is None:
             return self
-        return self.model_copy(update=override.model_dump(exclude_unset=True))
+        update = override.model_dump(exclude_unset=True)
+        mine, theirs = self.max_accuracy_drop, update.get("max_accuracy_drop")
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            update["max_accuracy_drop"] = {**mine, **theirs}
+        return self.model_copy(update=update)
 
     def accuracy_limit(self, precision: str) -> float | None:
         limit = self.max_accuracy_drop
@@ -124,7 +130,16 @@ class JobSpec(Strict):
     data: DataSpec = Field(default_factory=DataSpec, description="Parity, validation and calibration data.")
     latency: LatencySpec = Field(default_factory=LatencySpec, description="Latency measurement settings.")
     tolerances: dict[str, Tolerance] = Field(
-        default_factory=dict, description="Per precision overrides of the default parity tolerances.")
+        default_factory=dict, description="Per precision overrides of the default parity tolerances, merged field "
+                                          "by field: {fp16: {atol: 0.05}} keeps fp16's cosine and top-1 checks; "
+                                          "null disables a check.")
+    outputs: dict[str, OutputKind] = Field(
+        default_factory=dict, description="Declared kind per output name: logits/probabilities (top-1 judged), "
+                                          "embedding (cosine, no top-1), regression/boxes (elementwise). Undeclared "
+                                          "outputs are judged as a classifier only on evidence (docs/cli.md).")
+    strict: bool = Field(default=False, description="Fail rows whose reference output is degenerate (constant, "
+                                                    "input-independent or too small to tell right from wrong) "
+                                                    "instead of only flagging them.")
     gates: GateSpec = Field(default_factory=GateSpec, description="Accuracy, latency and size gates.")
     require_all: bool = Field(default=False, description="Fail (exit 3) when a target is unavailable here.")
     output: Path = Field(default=Path("convcli-out"), description="Output folder.")
@@ -133,3 +148,14 @@ class JobSpec(Strict):
     cache: bool = Field(default=True, description="Reuse cached step outputs and measurements.")
     cache_dir: Path | None = Field(default=None, description="Cache folder (default: ~/.cache/convcli or "
                                                               "$CONVCLI_CACHE_DIR).")
+
+    @field_validator("tolerances")
+    @classmethod
+    def _merge_tolerances(cls, value: dict[str, Tolerance]) -> dict[str, Tolerance]:
+        """Stored merged with the defaults, so the spec (and the manifest) says the tolerance in force, and a
+        re-validated dump means the same thing."""
+        unknown = sorted(set(value) - set(DEFAULT_TOLERANCES))
+        if unknown:
+            raise ValueError(f"tolerances: unknown precision {', '.join(unknown)}; one of "
+                             f"{', '.join(DEFAULT_TOLERANCES)}")
+        return {p: merge_tolerance(p, t) for p, t in value.items()}

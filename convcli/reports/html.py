@@ -20,7 +20,9 @@ from convcli.reports.markdown import (
     fastest_detail,
     fmt_ms,
     fmt_pct,
+    kind_text,
     machine_line,
+    output_result,
     problems,
     summary_table,
     tolerance_line,
@@ -362,19 +364,19 @@ def _outputs(report: Report) -> str:
     for a in report.artifacts:
         for o in a.parity.outputs if a.parity else []:
             q = o.abs_err_quantiles
-            result = "ok" if o.passed else "; ".join(o.problems) or "failed"
-            rows.append((f"row-{'passed' if o.passed else 'failed'}", [
+            result = output_result(o)
+            rows.append((f"row-{'passed' if result == 'ok' else 'failed'}", [
                 f"<b>{_e(a.id)}</b>", _e(o.name), _e("x".join(map(str, o.shape))),
                 *[_e(f"{q[k]:.2e}") if k in q else "-" for k in ("p50", "p90", "p99", "max")],
                 "-" if o.rel_l2_err is None else _e(f"{o.rel_l2_err:.2e}"),
                 "-" if o.cosine_min is None else _e(f"{o.cosine_min:.6f}"),
                 "-" if o.top1_agreement is None else _e(fmt_pct(o.top1_agreement, 1)),
-                _e(tolerance_line(a)), _e(result)]))
+                _e(kind_text(o)), _e(tolerance_line(a)), _e(result)]))
     if not rows:
         return ""
     headers = ["artifact", "output", "shape", "p50 abs err", "p90", "p99", "max", "rel L2", "cosine (min)",
-               "top-1 agr", "tolerance", "result"]
-    numeric = [False, False, False, True, True, True, True, True, True, True, False, False]
+               "top-1 agr", "judged as", "tolerance", "result"]
+    numeric = [False, False, False, True, True, True, True, True, True, True, False, False, False]
     return f"<section><h2>Parity per output</h2>{_table(headers, numeric, rows)}</section>"
 
 

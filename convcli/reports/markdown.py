@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from convcli.parity.compare import OutputParity
 from convcli.reports.model import ArtifactReport, Report
 
 VERDICTS = {0: ("PASSED", "every available artifact passed its gates"),
@@ -151,6 +152,25 @@ def machine_line(report: Report) -> str:
     return "; ".join(parts)
 
 
+def output_result(o: OutputParity) -> str:
+    """``ok``, or ``FAILED: ...`` with every reason (a non-finite source fails even when the artifact matches it),
+    plus any degenerate-reference note."""
+    reasons = [r for r in (o.source_nonfinite, o.nonfinite) if r] + o.problems
+    text = "FAILED: " + "; ".join(reasons) if reasons else "ok"
+    return text + ("; degenerate reference: " + "; ".join(o.degenerate) if o.degenerate else "")
+
+
+def kind_text(o: OutputParity) -> str:
+    """``embedding (declared)`` or ``tensor (assumed: ...)``: how the output was judged, and why."""
+    return f"{o.kind} ({'declared' if o.kind_reason == 'declared' else 'assumed: ' + o.kind_reason})"
+
+
+def output_kinds_line(report: Report) -> str:
+    """The kind each source output was judged as (the same for every row), or "" before any parity."""
+    first = next((a.parity for a in report.artifacts if a.parity and a.parity.outputs), None)
+    return "; ".join(f"{o.name}: {kind_text(o)}" for o in first.outputs) if first else ""
+
+
 def tolerance_line(a: ArtifactReport) -> str:
     if not a.parity:
         return ""
@@ -199,7 +219,7 @@ def _output_rows(report: Report) -> list[list[str]]:
                          f"{q['p99']:.2e}" if "p99" in q else "-",
                          "-" if o.cosine_min is None else f"{o.cosine_min:.6f}",
                          "-" if o.top1_agreement is None else fmt_pct(o.top1_agreement, 1),
-                         "ok" if o.passed else "FAILED: " + md_escape("; ".join(o.problems))])
+                         md_escape(o.kind), md_escape(output_result(o))])
     return rows
 
 
@@ -235,13 +255,13 @@ def render_markdown(report: Report) -> str:
         lines += ["", "### Problems and flags", ""]
         lines += [f"- **{md_escape(p.artifact)}** {p.kind}: {md_escape(p.text)}" for p in found]
 
-    multi = len(src.outputs) > 1 or any(a.parity and not all(o.passed for o in a.parity.outputs)
+    multi = len(src.outputs) > 1 or any(a.parity and any(output_result(o) != "ok" for o in a.parity.outputs)
                                         for a in report.artifacts)
     out_rows = _output_rows(report) if multi else []
     if out_rows:
         lines += ["", "### Parity per output", ""]
         lines += _table(["artifact", "output", "shape", "max abs err", "p99 abs err", "cosine", "top-1 agr",
-                         "result"], [False, False, False, True, True, True, True, False], out_rows)
+                         "kind", "result"], [False, False, False, True, True, True, True, False, False], out_rows)
 
     lines += ["", "### Settings", ""]
     lat = (f"batches {', '.join(map(str, s.latency_batches))}; {s.warmup} warm-up and up to {s.runs} timed runs "
@@ -251,7 +271,9 @@ def render_markdown(report: Report) -> str:
     lines.append(f"- Accuracy data: {md_escape(s.accuracy_data) if s.accuracy_data else 'no labelled set'}")
     tols = sorted({f"{a.precision}: {tolerance_line(a)}" for a in report.artifacts if a.parity})
     if tols:
-        lines.append(f"- Tolerances: {md_escape('; '.join(tols))}")
+        lines.append(f"- Tolerances (effective, per row precision): {md_escape('; '.join(tols))}")
+    if kinds := output_kinds_line(report):
+        lines.append(f"- Outputs judged as: {md_escape(kinds)}")
     lines.append(f"- Machine: {md_escape(machine_line(report))}")
     if report.steps:
         lines.append("- Steps: " + ", ".join(f"{md_escape(st.name)} {st.seconds:.2f} s"

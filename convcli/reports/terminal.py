@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from convcli.reports.markdown import output_kinds_line, tolerance_line
 from convcli.reports.model import Report
 
 STATUS_STYLE = {"passed": "bold green", "failed": "bold red", "error": "bold red", "unavailable": "yellow"}
@@ -52,6 +53,11 @@ def render_terminal(report: Report, console: Console) -> None:
     s = report.settings
     console.print(f"[dim]parity on {s.parity_data}; accuracy on {s.accuracy_data or 'no labelled set'}; "
                   f"{s.threads} threads; {s.machine.get('cpu', '')}[/]", highlight=False)
+    tols = sorted({f"{a.precision}: {tolerance_line(a)}" for a in report.artifacts if a.parity})
+    if tols:
+        console.print(f"[dim]tolerances: {'; '.join(tols)}[/]", highlight=False)
+    if kinds := output_kinds_line(report):
+        console.print(f"[dim]outputs judged as: {kinds}[/]", highlight=False)
     for a in report.artifacts:
         for line in ([a.error] if a.error else []) + a.failures:
             style = "yellow" if a.status == "unavailable" else "red"

@@ -1,0 +1,92 @@
+"""The judging rules (convcli/job/judge.py), one by one, on rows built from real comparisons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convcli.job.judge import judge
+from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, compare_outputs
+from convcli.recipes.schema import GateSpec, JobSpec
+from convcli.reports.model import ArtifactReport, SourceReport
+
+SRC = SourceReport(spec="m.py:build", format="pytorch", inputs=["x:2x3:float32"], outputs=["y"], accuracy=0.9)
+RNG = np.random.default_rng(0)
+REF = RNG.normal(size=(8, 10)).astype(np.float32)
+
+
+def _row(precision: str, ref: list[np.ndarray], got: list[np.ndarray], accuracy: float | None = None,
+         kinds: list[KindChoice] | None = None) -> ArtifactReport:
+    names = [f"y{i}" for i in range(len(ref))]
+    parity = compare_outputs(names, ref, got, DEFAULT_TOLERANCES[precision], kinds)
+    return ArtifactReport(id=f"onnx-{precision}", format="onnx", precision=precision, status="passed",
+                          parity=parity, accuracy=accuracy)
+
+
+def test_a_nan_source_fails_every_row_even_when_the_artifact_matches_it() -> None:
+    ref = REF.copy()
+    ref[:4] = np.nan
+    row = _row("fp32", [ref], [ref.copy()])
+    judge(row, SRC, GateSpec())
+    assert row.status == "failed"
+    assert any("non-finite in 50% of its values" in f and "y0" in f for f in row.failures)
+
+
+def test_an_all_zero_reference_is_flagged_and_strict_fails_it() -> None:
+    zero = np.zeros((4, 3), np.float32)
+    row = _row("fp32", [zero], [zero.copy()])
+    judge(row, SRC, GateSpec())
+    assert row.status == "passed" and any("degenerate reference" in f and "all zero" in f for f in row.flags)
+    row = _row("fp32", [zero], [zero.copy()])
+    judge(row, SRC, GateSpec(), strict=True)
+    assert row.status == "failed" and any("degenerate reference" in f for f in row.failures)
+
+
+def test_int8_judged_on_accuracy_still_checks_the_other_outputs() -> None:
+    second = RNG.normal(size=(8, 6)).astype(np.float32)
+    wrong = -second  # cosine -1: a broken second head
+    row = _row("int8", [REF, second], [REF + 0.5, wrong], accuracy=0.9)
+    judge(row, SRC, GateSpec())
+    assert row.status == "failed"
+    assert len(row.failures) == 1 and row.failures[0].startswith("parity: y1: cosine")
+    ok = _row("int8", [REF, second], [REF + 0.5, second.copy()], accuracy=0.9)  # first output: accuracy decides
+    judge(ok, SRC, GateSpec())
+    assert ok.status == "passed", ok.failures
+
+
+def test_accuracy_gate_and_target_gates_merge_per_field() -> None:
+    row = _row("int8", [REF], [REF.copy()], accuracy=0.85)
+    judge(row, SRC, GateSpec())
+    assert row.status == "failed" and row.failures == ["accuracy drop 5.00 points > 1.00"]
+    job = GateSpec(max_accuracy_drop={"int8": 0.1, "fp16": 0.02}, max_size_mb=1.0)
+    merged = job.merged(GateSpec(max_accuracy_drop={"fp16": 0.05}))
+    assert merged.accuracy_limit("int8") == 0.1 and merged.accuracy_limit("fp16") == 0.05
+    assert merged.max_size_mb == 1.0
+    row = _row("int8", [REF], [REF.copy()], accuracy=0.85)
+    judge(row, SRC, merged)
+    assert row.status == "passed"
+
+
+def test_embedding_is_judged_by_cosine_and_a_declared_classifier_by_top1() -> None:
+    tied = np.tile(np.array([5.0, 5.0, 1.0, 0.0], np.float32), (8, 1))
+    tied[:, 1] += RNG.normal(scale=1e-4, size=8).astype(np.float32)
+    flipped = tied.copy()
+    flipped[:, [0, 1]] = tied[:, [1, 0]]
+    row = _row("fp16", [tied], [flipped])
+    judge(row, SRC, GateSpec())
+    assert row.status == "passed" and row.parity is not None and row.parity.outputs[0].kind == "tensor"
+    row = _row("fp16", [tied], [flipped], kinds=[KindChoice(kind="logits", declared=True)])
+    judge(row, SRC, GateSpec())
+    assert row.status == "failed" and "top-1 agreement" in row.failures[0]
+
+
+def test_tolerance_overrides_in_a_job_keep_the_other_defaults() -> None:
+    spec = JobSpec.model_validate({"source": {"model": "m.py:build"}, "targets": [{"format": "onnx"}],
+                                   "tolerances": {"fp16": {"atol": 0.05}}})
+    fp16 = spec.tolerances["fp16"]
+    assert fp16.atol == 0.05 and fp16.min_cosine == 0.999 and fp16.min_top1 == 0.95
+    again = JobSpec.model_validate(spec.model_dump(mode="json"))
+    assert again.tolerances == spec.tolerances  # a dumped spec means the same thing
+    with pytest.raises(ValueError, match="unknown precision fp8"):
+        JobSpec.model_validate({"source": {"model": "m.py:build"}, "targets": [{"format": "onnx"}],
+                                "tolerances": {"fp8": {"atol": 0.05}}})
