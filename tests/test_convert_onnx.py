@@ -117,3 +117,17 @@ def test_onnx_source_with_a_static_batch_of_one(cli, tmp_path: Path) -> None:
     report = res.report(tmp_path / "o")
     assert report["source"]["inputs"] == ["x:1x3x8x8:float32"]
     assert report["artifacts"][0]["latency_ms"]["batch"] == 1
+
+
+def test_dimension_name_with_x_stays_one_dimension(cli, tmp_path: Path) -> None:
+    """``max_len`` is one dynamic dim: the old grammar split it into ``ma`` x ``_len`` and exported a 3-D input."""
+    out = tmp_path / "out"
+    model = Path(__file__).parent / "models" / "small.py"
+    res = cli("convert", f"{model}:token_bag", "--input", "ids:batch=2xmax_len=5:int64:0..100", "--to", "onnx",
+              "-o", out, "--no-latency")
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    assert report["source"]["inputs"] == ["ids:batch=2xmax_len=5:int64:0..100"]
+    onnx_model = onnx.load(str(out / report["artifacts"][0]["path"]))
+    dims = [d.dim_param or d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "max_len"]
