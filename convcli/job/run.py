@@ -133,7 +133,8 @@ def require_calibration(the_plan: Plan, spec: JobSpec, inputs: list[TensorSpec] 
                 needing.append(f"{target.request.label} ({planned.step.name})")
                 break
     if needing:
-        raise InputError(f"--calibration: {', '.join(needing)} needs calibration data and the job has none",
+        verb = "needs" if len(needing) == 1 else "need"
+        raise InputError(f"--calibration: {', '.join(needing)} {verb} calibration data and the job has none",
                          hint="pass --calibration (recipe: data.calibration): a folder of images, .npy for a "
                               "model with one input, or .npz keyed by input name; int8 is never calibrated on "
                               "random data")
