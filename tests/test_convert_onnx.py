@@ -117,3 +117,76 @@ def test_onnx_source_with_a_static_batch_of_one(cli, tmp_path: Path) -> None:
     report = res.report(tmp_path / "o")
     assert report["source"]["inputs"] == ["x:1x3x8x8:float32"]
     assert report["artifacts"][0]["latency_ms"]["batch"] == 1
+
+
+def test_dimension_name_with_x_stays_one_dimension(cli, tmp_path: Path) -> None:
+    """``max_len`` is one dynamic dim: the old grammar split it into ``ma`` x ``_len`` and exported a 3-D input."""
+    out = tmp_path / "out"
+    model = Path(__file__).parent / "models" / "small.py"
+    res = cli("convert", f"{model}:token_bag", "--input", "ids:batch=2xmax_len=5:int64:0..100", "--to", "onnx",
+              "-o", out, "--no-latency")
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    assert report["source"]["inputs"] == ["ids:batch=2xmax_len=5:int64:0..100"]
+    onnx_model = onnx.load(str(out / report["artifacts"][0]["path"]))
+    dims = [d.dim_param or d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "max_len"]
+
+
+REPORT_FILES = {"report.json", "manifest.json", "report.md", "report.html", "junit.xml"}
+
+
+def _outdir_files(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - REPORT_FILES
+
+
+def _listed_files(report: dict) -> set[str]:
+    return {f for row in report["artifacts"] for f in row["files"]}
+
+
+def test_outdir_holds_only_what_the_report_lists(cli, catalogue, tmp_path: Path) -> None:
+    """A target that fails (or is no longer asked for) in a later run leaves no artifact of an earlier run beside
+    a report that says "error"; the user's own files in OUTDIR are never touched."""
+    out = tmp_path / "out"
+    args = [*catalogue["branchy"].args(), "-o", out, "--no-latency"]
+    first = cli("convert", *args, "--to", "onnx,openvino")
+    assert first.exit_code == 0, first.output
+    assert {"onnx-fp32", "openvino-fp32"} <= {p.name for p in out.iterdir()}
+    assert _outdir_files(out) == _listed_files(first.report(out))
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "model.onnx").write_text("mine too")
+    (out / "openvino-fp32" / "README.txt").write_text("the user's, inside a convcli folder")
+
+    # branchy's control flow defeats the dynamo exporter; without the torchscript fallback the target fails
+    failed = cli("convert", *args, "--to", "onnx", "--exporter", "dynamo")
+    assert failed.exit_code == 3, failed.output
+    report = failed.report(out)
+    assert [(r["id"], r["status"]) for r in report["artifacts"]] == [("onnx-fp32", "error")]
+    assert not (out / "onnx-fp32").exists()
+    assert _outdir_files(out) == {"notes.txt", "mine/model.onnx", "openvino-fp32/README.txt"}
+    assert (out / "mine" / "model.onnx").read_text() == "mine too"
+    assert '"outputs_sha256": {}' in (out / "manifest.json").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+
+def test_a_failure_after_building_started_leaves_outdir_as_it_was(cli, catalogue, tmp_path: Path) -> None:
+    """Bad parity data is found only when measuring, after the conversion: exit 2, OUTDIR keeps the previous run's
+    report and artifacts untouched and the temporary build folder beside it is gone."""
+    import numpy as np
+
+    out = tmp_path / "out"
+    args = [*catalogue["branchy"].args(), "--to", "onnx", "-o", out, "--no-latency"]
+    assert cli("convert", *args).exit_code == 0
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, not_an_input=np.zeros((2, 4), dtype=np.float32))
+    res = cli("convert", *args, "--data", bad)
+    assert res.exit_code == 2, res.output
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "out"]
+
+    fresh = tmp_path / "fresh"
+    res = cli("convert", *args[:-3], "-o", fresh, "--no-latency", "--data", bad)
+    assert res.exit_code == 2 and not fresh.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "out"]

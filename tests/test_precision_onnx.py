@@ -87,15 +87,29 @@ def test_int8_step_options_set_calibration_samples_and_method(cli, catalogue, tm
     assert _row(report, "onnx-int8")["accuracy_drop"] <= 0.01
 
 
-def test_int8_without_calibration_is_a_clean_error_row(cli, catalogue, tmp_path: Path) -> None:
+def test_int8_without_calibration_is_refused_before_any_conversion(cli, catalogue, tmp_path: Path) -> None:
+    """Static int8 (auto mode on float inputs) needs --calibration: exit 2 before the fp32 target is built."""
     out = tmp_path / "out"
     res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "onnx:fp32+int8", "-o", out, "--no-latency")
-    assert res.exit_code == 3, res.output
-    report = res.report(out)
-    assert _row(report, "onnx-fp32")["status"] == "passed"
-    row = _row(report, "onnx-int8")
-    assert row["status"] == "error" and "--calibration" in row["error"] and "QuantizeOnnxInt8" in row["error"]
-    assert "Traceback" not in res.output
+    assert res.exit_code == 2, res.output
+    assert "--calibration: onnx-int8 (QuantizeOnnxInt8) needs calibration data" in res.output
+    assert ".npz keyed by input name" in res.output and "Traceback" not in res.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("mode", "dtype", "needs"), [
+    ("static", None, True), ("dynamic", None, False), ("auto", None, None),
+    ("auto", "int64", False), ("auto", "float32", True), ("dynamic", "float32", False),
+])
+def test_onnx_int8_needs_calibration_only_when_static(mode: str, dtype: str | None, needs: bool | None) -> None:
+    """What the planning-time check asks: auto mode is dynamic (no calibration) for token ids, static otherwise;
+    without the source's inputs it cannot tell yet (None)."""
+    from convcli.core.tensors import parse_input_spec
+    from convcli.passes.quantize_onnx import QuantizeOnnxInt8
+
+    options = QuantizeOnnxInt8.Options(mode=mode)
+    inputs = [parse_input_spec(f"x:batch=2x4:{dtype}")] if dtype else None
+    assert QuantizeOnnxInt8.needs_calibration(options, inputs) is needs
 
 
 def test_int8_unknown_exclude_node_names_the_node(cli, catalogue, tmp_path: Path) -> None:

@@ -73,14 +73,15 @@ def test_digits_int8_beside_fp32_and_fp16_keeps_accuracy(cli, catalogue, tmp_pat
     assert len(saved["int8"]) == 4 and saved["float"] == []
 
 
-def test_int8_without_calibration_is_an_error_row(cli, catalogue, tmp_path: Path) -> None:
+def test_int8_without_calibration_is_refused_before_any_conversion(cli, tmp_path: Path) -> None:
+    """Planning alone finds it: the factory (which would raise if called) is never loaded, nothing is written."""
     out = tmp_path / "out"
-    res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "openvino:fp32+int8", "-o", out, *NO_LAT)
-    assert res.exit_code == 3, res.output
-    rows = _rows(res.report(out))
-    assert rows["openvino-fp32"]["status"] == "passed"
-    assert rows["openvino-int8"]["status"] == "error"
-    assert "--calibration" in rows["openvino-int8"]["error"] and "random" in rows["openvino-int8"]["error"]
+    res = cli("convert", f"{ROOT}/tests/models/small.py:raises", "--input", "x:batch=2x3x8x8:float32",
+              "--to", "openvino:fp32+int8", "-o", out, *NO_LAT)
+    assert res.exit_code == 2, res.output
+    assert "--calibration: openvino-int8 (QuantizeOpenvinoInt8) needs calibration data" in res.output
+    assert "random data" in res.output and "checkpoint server" not in res.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("option, words", [

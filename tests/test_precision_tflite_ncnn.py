@@ -79,14 +79,13 @@ def test_digits_tflite_int8_with_int8_io(cli, catalogue, tmp_path: Path) -> None
     assert outp["dtype"] == np.int8 and outp["quantization"][0] > 0
 
 
-def test_tflite_int8_without_calibration_is_an_error_row(cli, catalogue, tmp_path: Path) -> None:
+def test_tflite_int8_without_calibration_is_refused_before_any_conversion(cli, catalogue, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "tflite:int8", "-o", out, *NO_LAT)
-    assert res.exit_code == 3, res.output
-    (row,) = res.report(out)["artifacts"]
-    assert row["status"] == "error" and "\n" not in row["error"]
-    assert row["error"].startswith("TfliteFromOnnx failed") and "pass --calibration" in row["error"]
-    assert "random data" in row["error"]  # the hint: never calibrated on random data
+    res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "tflite:fp16+int8", "-o", out, *NO_LAT)
+    assert res.exit_code == 2, res.output
+    assert "--calibration: tflite-int8 (TfliteFromOnnx) needs calibration data" in res.output
+    assert "random data" in res.output  # the hint: never calibrated on random data
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_ncnn_int8_is_unavailable_without_the_ncnn_tools(cli, catalogue, tmp_path: Path) -> None:

@@ -165,3 +165,14 @@ def test_recipe_init_writes_a_valid_recipe(cli, tmp_path: Path) -> None:
     assert cli("recipe", "validate", out).exit_code == 0
     assert cli("recipe", "init", f"{ROOT}/recipes/models/digits_cnn.py:build", "-o", out).exit_code == 2
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_a_recipe_with_int8_and_no_calibration_stops_the_batch_before_anything_runs(cli, tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", {**FAST_RECIPE, "output": "out-a"})
+    b = write(tmp_path, "b.yaml", {**FAST_RECIPE, "output": "out-b",
+                                   "targets": [{"format": "openvino", "precisions": ["fp32", "int8"]}]})
+    res = cli("run", a, b)
+    assert res.exit_code == 2, res.output
+    assert "openvino-int8 (QuantizeOpenvinoInt8) needs calibration data" in res.output
+    assert "data.calibration" in res.output
+    assert not (tmp_path / "out-a").exists() and not (tmp_path / "out-b").exists()

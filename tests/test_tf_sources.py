@@ -261,13 +261,12 @@ def test_native_tflite_int8_accuracy_aware_keeps_layers_in_float(cli, int8_hosti
     assert "missed its budget" in error and "max_float_layers" in error
 
 
-def test_native_tflite_int8_without_calibration_is_that_targets_error(cli, tmp_path: Path) -> None:
+def test_native_tflite_int8_without_calibration_is_refused_before_any_conversion(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = cli("convert", KERAS_DIGITS, "--to", "tflite:fp32+int8", "-o", out, "--no-latency", *FAST)
-    assert res.exit_code == 3, res.output
-    rows = {r["id"]: r for r in res.report(out)["artifacts"]}
-    assert rows["tflite-fp32"]["status"] == "passed"
-    assert rows["tflite-int8"]["status"] == "error" and "--calibration" in rows["tflite-int8"]["error"]
+    assert res.exit_code == 2, res.output
+    assert "--calibration: tflite-int8 (TfliteFromKeras) needs calibration data" in res.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_bad_tensorflow_sources_exit_2_with_a_clear_message(cli, tf_models, tmp_path: Path) -> None:

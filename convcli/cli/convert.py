@@ -21,7 +21,8 @@ from convcli.core.errors import InputError
 
 MODEL_HELP = "file.py:factory, package.module:factory, or a .onnx / .pt (TorchScript) / .pt2 file."
 TO_HELP = "Targets, comma-separated: FORMAT[:PREC+PREC][@Converter], e.g. onnx,openvino:fp16."
-INPUT_HELP = "NAME:SHAPE:DTYPE[:LOW..HIGH], dims int or name[=size]; e.g. ids:batch=2xseq=16:int64:0..1000"
+INPUT_HELP = ("NAME:SHAPE:DTYPE[:LOW..HIGH], dims int or name[=size], separated by x after a number or by ','; "
+              "e.g. ids:batch=2xmax_len=16:int64:0..1000 or ids:batch=2,max_len:int64")
 OPTION_HELP = "FORMAT.KEY=VALUE (that target's converter) or STEP.KEY=VALUE, e.g. OnnxFromPytorch.opset=18."
 
 

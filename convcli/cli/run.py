@@ -36,6 +36,7 @@ def run(
 def _run(recipes: list[Path], only: list[str] | None, dry_run: bool, no_cache: bool, cache_dir: Path | None,
          output: Path | None, jobs: int, shard: str | None, json_out: bool) -> None:
     from convcli.core.registry import default_registry
+    from convcli.job import check_calibration
     from convcli.recipes.batch import combined_exit_code, parse_shard, run_in_children, select_shard
     from convcli.recipes.loader import load_recipe
 
@@ -49,6 +50,7 @@ def _run(recipes: list[Path], only: list[str] | None, dry_run: bool, no_cache: b
     for path, spec in specs:
         _apply_overrides(spec, only, no_cache, cache_dir, output if len(specs) == 1 else
                          (output / (spec.name or path.stem) if output else None))
+        check_calibration(spec, registry)  # int8 without calibration data: refused before any recipe runs
     if dry_run:
         for path, spec in specs:
             _print_plan(path, spec)

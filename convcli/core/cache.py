@@ -1,7 +1,9 @@
 """A content-addressed cache of step outputs and measurements.
 
 A step's key is made of its input's key, its name and options, the versions of the packages it uses and
-convcli's version; the source's key is made of the hashes of its files. So an unchanged re-run hits every
+a hash of convcli's own code (every key carries it: a changed converter or runner must not reuse what the old
+code built or measured; the version string does not change with each edit); the source's key is made of the
+hashes of its files. So an unchanged re-run hits every
 step, and changing one target's option rebuilds only the steps after it. Every entry stores the sha256 of
 its files and is checked before use: a corrupt entry is removed and rebuilt, never used.
 """
@@ -16,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from convcli import __version__
+import convcli
 from convcli.core.artifact import Artifact
-from convcli.core.fsutil import sha256_file
+from convcli.core.fsutil import sha256_file, sha256_py_tree
 from convcli.core.tensors import TensorSpec
 
 ENTRY_VERSION = 1
@@ -32,8 +34,19 @@ def default_cache_dir() -> Path:
     return Path(base) / "convcli"
 
 
+_CODE_DIGEST: str | None = None  # convcli's code hash, computed once per process
+
+
+def code_digest() -> str:
+    """sha256 of every ``.py`` file of the convcli package this process runs (hashed on first use)."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        _CODE_DIGEST = sha256_py_tree(Path(convcli.__file__).resolve().parent)
+    return _CODE_DIGEST
+
+
 def make_key(*parts: Any) -> str:
-    blob = json.dumps([ENTRY_VERSION, __version__, *parts], sort_keys=True, default=str)
+    blob = json.dumps([ENTRY_VERSION, code_digest(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

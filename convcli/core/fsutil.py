@@ -38,3 +38,13 @@ def sha256_tree(path: Path) -> str:
         digest.update(str(f.relative_to(path)).encode())
         digest.update(sha256_file(f).encode())
     return digest.hexdigest()
+
+
+def sha256_py_tree(root: Path) -> str:
+    """Hash of every ``.py`` file under ``root`` (relative paths and contents): the code of a package, without
+    its byte-code caches or data files."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*.py") if p.is_file()):
+        digest.update(f.relative_to(root).as_posix().encode())
+        digest.update(sha256_file(f).encode())
+    return digest.hexdigest()

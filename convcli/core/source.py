@@ -30,6 +30,9 @@ class SourceLoader:
     name: ClassVar[str] = ""
     format: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    # Packages beyond ``requires`` that may shape what ``load`` returns (e.g. keras / tf_keras for TensorFlow
+    # sources); their versions go into the source's cache key with those of ``requires``.
+    also_uses: ClassVar[tuple[str, ...]] = ()
     priority: ClassVar[int] = 0  # higher wins when several match
 
     @classmethod

@@ -19,6 +19,7 @@ from convcli.core.lazy import is_installed, package_version
 
 if TYPE_CHECKING:
     from convcli.core.artifact import Artifact
+    from convcli.core.tensors import TensorSpec
     from convcli.parity.data import DataSet
 
 
@@ -104,6 +105,14 @@ class Step:
         set (each then goes into its cache key). Default: the class flags; a step whose precisions differ
         (a converter that also writes int8) narrows it to the options that read the data."""
         return cls.uses_calibration, cls.uses_validation
+
+    @classmethod
+    def needs_calibration(cls, options: BaseModel, inputs: list[TensorSpec] | None) -> bool | None:
+        """Whether this step, with these options, cannot run without calibration data; asked of the steps of
+        int8 targets right after planning, so a job without ``--calibration`` fails before any conversion.
+        ``inputs``: the source's inputs when known, else None; a step that can only tell from them (a mode
+        chosen by input dtype) returns None until they are known. Default: it reads calibration data."""
+        return cls.data_inputs(options)[0]
 
     @classmethod
     def kind(cls) -> str:

@@ -1,7 +1,15 @@
 """Input descriptions: names, shapes with named dynamic dimensions, dtypes and value ranges.
 
-``--input NAME:SHAPE:DTYPE[:LOW..HIGH]`` where SHAPE is ``x``-separated dims; a dim is an integer (static),
-a name (dynamic, example size from DEFAULT_DIM_SIZES) or ``name=N`` (dynamic with example size N).
+``--input NAME:SHAPE:DTYPE[:LOW..HIGH]``. A dim is an integer (static), a name (dynamic, example size from
+DEFAULT_DIM_SIZES) or ``name=N`` (dynamic with example size N). Names may contain any letter, ``x`` included, so
+SHAPE has one reading only:
+
+- with a ``,`` anywhere, ``,`` alone separates dims: ``ids:batch=2,max_len:int64``;
+- otherwise an ``x`` separates dims only right after a digit (after a static size or a ``name=N``), and a bare
+  name (no ``=N``) can only be the last dim: ``ids:batch=2xmax_len=5:int64``, ``x:batch=2x3x32x32``;
+- a bare name containing ``x`` that would also read as several dims (``batchx3``, ``maxlen``: ``ma`` x ``len``)
+  is refused, naming the two ways to write it unambiguously.
+
 Examples: ``x:batch=2x1x8x8:float32``, ``ids:batch=2xseq=16:int64:0..1000``.
 """
 
@@ -71,6 +79,7 @@ class TensorSpec(BaseModel):
 
 
 def parse_dim(text: str, where: str) -> Dim:
+    """One dim written alone (between ``,`` separators, or the whole SHAPE): its name may contain ``x``."""
     text = text.strip()
     if text.isdigit():
         return Dim(size=int(text))
@@ -78,9 +87,62 @@ def parse_dim(text: str, where: str) -> Dim:
     if not _DIM_NAME.match(name) or (size and not size.isdigit()):
         raise InputError(
             f"{where}: dimension '{text}' is neither an integer nor NAME or NAME=SIZE",
-            hint="e.g. --input x:batch=2x3x32x32:float32",
+            hint="e.g. --input x:batch=2x3x32x32:float32, or with ',' between every dim: ids:batch=2,max_len:int64",
         )
     return Dim(name=name, size=int(size) if size else DEFAULT_DIM_SIZES.get(name, 2))
+
+
+# A dim followed by an ``x`` separator (or the end): a static size or ``name=N``. The name runs up to ``=``.
+_SIZED_DIM = re.compile(r"(\d+|[A-Za-z_][A-Za-z0-9_]*=\d+)(?:[xX](?=.)|$)")
+
+
+def _split_reading(name: str) -> list[str] | None:
+    """How the old every-``x`` grammar would split a bare ``name`` into several valid dims (``batchx3`` ->
+    ``batch``, ``3``), or None when ``name`` can only be one dim (``box``, ``xdim``)."""
+    for i, c in enumerate(name):
+        if c in "xX" and i > 0:
+            pieces = [name[:i], *re.split("[xX]", name[i + 1:])]
+            if all(p.isdigit() or _DIM_NAME.match(p) for p in pieces):
+                return pieces
+    return None
+
+
+def parse_shape(text: str, where: str) -> list[Dim]:
+    """SHAPE in its one reading (see the module docstring), or InputError showing how to write it."""
+    text = text.strip()
+    if not text:
+        return []
+    if "," in text:
+        return [parse_dim(d, where) for d in text.split(",")]
+    dims: list[Dim] = []
+    pos = 0
+    while pos < len(text):
+        m = _SIZED_DIM.match(text, pos)
+        if m is None:
+            break
+        dims.append(parse_dim(m.group(1), where))
+        pos = m.end()
+    rest = text[pos:]
+    if not rest:
+        return dims
+    if not _DIM_NAME.match(rest):
+        raise InputError(
+            f"{where}: dimension '{rest}' is neither an integer nor NAME or NAME=SIZE",
+            hint="dims are separated by 'x' after a number or by ',', e.g. --input x:batch=2x3x32x32:float32 "
+                 "or ids:batch=2,max_len:int64",
+        )
+    pieces = _split_reading(rest)
+    if pieces is not None:
+        head, size = text[:pos], DEFAULT_DIM_SIZES.get(rest, 2)
+        several = "x".join(p if p.isdigit() else f"{p}={DEFAULT_DIM_SIZES.get(p, 2)}" for p in pieces)
+        commas = ",".join([*(d.text() for d in dims), rest])
+        raise InputError(
+            f"{where}: '{rest}' reads as one dimension or as {' x '.join(repr(p) for p in pieces)}",
+            hint=f"one dimension: give it a size ({head}{rest}={size}) or separate dims with ',' ({commas}); "
+                 f"several: {head}{several}",
+        )
+    dims.append(parse_dim(rest, where))
+    return dims
 
 
 def parse_input_spec(text: str) -> TensorSpec:
@@ -93,7 +155,7 @@ def parse_input_spec(text: str) -> TensorSpec:
     dtype = parts[2] if len(parts) > 2 and parts[2] else "float32"
     if dtype not in DTYPES:
         raise InputError(f"{where}: dtype '{dtype}' is not one of {', '.join(DTYPES)}")
-    dims = [parse_dim(d, where) for d in shape_text.lower().split("x")] if shape_text else []
+    dims = parse_shape(shape_text, where)
     low = high = None
     if len(parts) == 4:
         m = re.fullmatch(r"\s*(-?[\d.eE+-]+)\.\.(-?[\d.eE+-]+)\s*", parts[3])

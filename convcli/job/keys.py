@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from convcli.core.cache import make_key
-from convcli.core.fsutil import sha256_tree
+from convcli.core.fsutil import sha256_py_tree, sha256_tree
 from convcli.core.lazy import package_version
 from convcli.core.planner import Plan
 from convcli.core.source import SourceLoader
@@ -19,8 +19,9 @@ def file_digest(path: Path | None) -> str | None:
 
 
 def source_key(spec: JobSpec, loader: type[SourceLoader]) -> str:
-    """From file contents only (no model import): the model file (and, for a factory, every .py file beside
-    it, since it may import them), weights and the input description."""
+    """From file contents only (no model import): the model file (and, for ``file.py:factory``, every .py file
+    beside it, since it may import them; for ``package.module:factory``, every .py file of the top-level
+    package), weights, the input description and the versions of the packages the loader uses."""
     text = spec.source.model
     files: dict[str, str | None] = {}
     target = text.rpartition(":")[0] if ":" in text else text
@@ -31,11 +32,30 @@ def source_key(spec: JobSpec, loader: type[SourceLoader]) -> str:
             for py in sorted(path.parent.glob("*.py")):
                 files[py.name] = file_digest(py)
     else:
-        found = importlib.util.find_spec(target.split(".")[0]) if target else None
-        origin = found.origin if found else None
-        files["module"] = file_digest(Path(origin)) if origin else target
+        files["module"] = module_digest(target) or target
     return make_key("source", loader.name, text, files, file_digest(spec.source.weights),
-                    spec.source.inputs, package_version("torch"))
+                    spec.source.inputs, source_versions(loader))
+
+
+def module_digest(dotted: str) -> str | None:
+    """Hash of the code behind ``package.module``: every .py file of its top-level package (the factory may
+    import any of them), or the one file of a top-level module; None when it cannot be found. Found without
+    importing it."""
+    try:
+        found = importlib.util.find_spec(dotted.split(".")[0]) if dotted else None
+    except (ImportError, ValueError):
+        return None
+    if found is None:
+        return None
+    folders = [Path(p) for p in found.submodule_search_locations or [] if Path(p).is_dir()]
+    if folders:
+        return make_key("package", [sha256_py_tree(f) for f in folders])
+    return file_digest(Path(found.origin)) if found.origin else None
+
+
+def source_versions(loader: type[SourceLoader]) -> dict[str, str | None]:
+    """Versions of the packages that load and run the source (``requires`` + ``also_uses``)."""
+    return {m: package_version(m) for m in dict.fromkeys((*loader.requires, *loader.also_uses))}
 
 
 def data_key(spec: JobSpec) -> str:

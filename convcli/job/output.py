@@ -78,12 +78,52 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def earlier_outputs(output: Path) -> list[str]:
+    """The ``<id>/<file>`` entries the previous run's manifest says convcli wrote into OUTDIR (none when there is
+    no readable manifest): the only things in OUTDIR a run may remove besides its own folders."""
+    try:
+        manifest = json.loads((output / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        return []
+    entries = manifest.get("outputs_sha256")
+    return [e for e in entries if isinstance(e, str)] if isinstance(entries, dict) else []
+
+
+def remove_stale(output: Path, entries: list[str], kept: set[str]) -> None:
+    """Remove what an earlier run wrote into a target folder this run did not produce (a target now failed or no
+    longer asked for), so OUTDIR never shows an old artifact beside a report that says "error". Only the listed
+    files go; the folder too when nothing else (a user's file) is left in it."""
+    root = output.resolve()
+    folders = set()
+    for entry in entries:
+        parts = Path(entry).parts
+        if len(parts) != 2 or parts[0] in kept or any(p in ("", ".", "..") for p in parts):
+            continue
+        folder, path = output / parts[0], output / parts[0] / parts[1]
+        if folder.is_symlink() or folder.resolve().parent != root:  # pointing elsewhere: not ours to delete
+            continue
+        folders.add(folder)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def finalize(report: Report, spec: JobSpec, final: Path, output: Path) -> None:
-    """Move artifacts into OUTDIR (replacing earlier runs' folders of the same id), then write the
-    manifest and report atomically."""
+    """Move artifacts into OUTDIR (replacing earlier runs' folders of the same id), remove what earlier runs
+    wrote for targets this run did not produce, then write the manifest and report atomically. OUTDIR then
+    holds exactly the artifacts report.json lists, plus the report and manifest files and the user's own files."""
     output.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_outputs(output)
     outputs: dict[str, str] = {}
-    for folder in sorted(p for p in final.iterdir() if p.is_dir()) if final.exists() else []:
+    produced = sorted(p for p in final.iterdir() if p.is_dir()) if final.exists() else []
+    remove_stale(output, earlier, {p.name for p in produced})
+    for folder in produced:
         dest = output / folder.name
         if dest.exists():
             trash = output / f".{folder.name}.old"

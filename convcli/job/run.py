@@ -18,9 +18,10 @@ from convcli.core.cache import Cache, default_cache_dir, make_key
 from convcli.core.errors import InputError
 from convcli.core.executor import ProgressSink, execute
 from convcli.core.fsutil import atomic_write_text
-from convcli.core.planner import plan
+from convcli.core.planner import Plan, plan
 from convcli.core.registry import Registry, default_registry
 from convcli.core.step import StepContext
+from convcli.core.tensors import TensorSpec
 from convcli.job.data import LazyData, batch_sizes
 from convcli.job.evaluation import Entry, Evaluation
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
@@ -55,12 +56,15 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     for p in (spec.data.parity, spec.data.validation, spec.data.calibration):
         if p is not None and not Path(p).exists():
             raise InputError(f"data path {p} does not exist")
+    undecided = require_calibration(the_plan, spec, None)
     src_key = source_key(spec, loader)
     if spec.prune is not None:
         src_key = make_key(src_key, "prune", spec.prune.model_dump(), file_digest(spec.data.train))
     source = LazySource(registry, spec, cache, src_key)
     inputs, outputs = source.signature()
     check_declared_outputs(spec, outputs)
+    if undecided:
+        require_calibration(the_plan, spec, inputs)
     threads = spec.latency.threads or os.cpu_count() or 1
     parity_batch, latency_batches = batch_sizes(inputs, spec)
     settings = EvalSettings(threads, parity_batch, latency_batches, spec.latency.warmup, spec.latency.runs,
@@ -100,6 +104,42 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         return JobResult(report, output, tracebacks)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_calibration(spec: JobSpec, registry: Registry | None = None) -> None:
+    """The planning-time calibration check alone (no model loaded): ``convcli run`` asks it of every recipe
+    before running any, so a batch does not stop half-way on a missing ``data.calibration``."""
+    registry = registry or default_registry()
+    loader = find_loader(registry, spec)
+    require_calibration(plan(registry, loader.format, target_requests(spec), spec.step_options), spec, None)
+
+
+def require_calibration(the_plan: Plan, spec: JobSpec, inputs: list[TensorSpec] | None) -> bool:
+    """InputError (exit 2, before any conversion) when an int8 target's planned steps need calibration data and
+    the job has none: int8 is never calibrated on random data, and failing after every other target was built
+    would hide a missing flag behind minutes of work. Returns whether a step could not tell without the source's
+    ``inputs`` (then call again once they are known)."""
+    if spec.data.calibration is not None:
+        return False
+    needing: list[str] = []
+    undecided = False
+    for target in the_plan.targets:
+        if target.unavailable or target.request.precision != "int8":
+            continue
+        for sid in target.chain:
+            planned = the_plan.steps[sid]
+            need = planned.step.needs_calibration(planned.options, inputs)
+            undecided = undecided or need is None
+            if need:
+                needing.append(f"{target.request.label} ({planned.step.name})")
+                break
+    if needing:
+        verb = "needs" if len(needing) == 1 else "need"
+        raise InputError(f"--calibration: {', '.join(needing)} {verb} calibration data and the job has none",
+                         hint="pass --calibration (recipe: data.calibration): a folder of images, .npy for a "
+                              "model with one input, or .npz keyed by input name; int8 is never calibrated on "
+                              "random data")
+    return undecided
 
 
 def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None = None,

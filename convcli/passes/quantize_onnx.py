@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
@@ -52,6 +52,7 @@ from convcli.core.isolation import run_python
 from convcli.core.lazy import require
 from convcli.core.registry import Registry
 from convcli.core.step import Pass, StepContext
+from convcli.core.tensors import TensorSpec
 from convcli.parity.budget import (
     Budget,
     BudgetOptions,
@@ -269,6 +270,18 @@ class QuantizeOnnxInt8(Pass):
     uses_calibration = True
     uses_validation = True
     Options = Int8Options
+
+    @classmethod
+    def needs_calibration(cls, options: BaseModel, inputs: list[TensorSpec] | None) -> bool | None:
+        """static: yes; dynamic: no; auto: no for integer (token id) inputs, else yes (static is what auto picks
+        for float inputs unless the exported graph is a Conv-free transformer, which is only known after the
+        export; such a model without calibration data asks for ``mode=dynamic`` explicitly)."""
+        mode = getattr(options, "mode", "auto")
+        if mode != "auto":
+            return mode == "static"
+        if inputs is None:
+            return None
+        return not any(s.dtype not in ("float32", "float16", "float64") for s in inputs)
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         onnx = require("onnx")

@@ -45,6 +45,7 @@ class OnnxLoader(SourceLoader):
     name = "onnx"
     format = "onnx"
     requires = ("onnx",)
+    also_uses = ("onnxruntime",)  # runs the source: the reference outputs every artifact is compared to
 
     @classmethod
     def matches(cls, spec: str) -> bool:

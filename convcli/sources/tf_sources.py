@@ -316,6 +316,7 @@ def _probe(model: TfModel, specs: list[TensorSpec], where: str) -> None:
 
 class _TfLoader(SourceLoader):
     requires = ("tensorflow",)
+    also_uses = ("keras", "tf_keras")
     kind = ""
 
     def load(self, request: SourceRequest) -> Artifact:

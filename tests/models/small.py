@@ -32,6 +32,18 @@ class TwoOutputs(nn.Module):
         return feat, self.fc(feat.mean(dim=(2, 3)))
 
 
+class TokenBag(nn.Module):
+    """Token ids (vocabulary 100) -> mean embedding -> 3 scores: a 2-D int64 input with dynamic length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(ids).mean(dim=1))
+
+
 def branchy() -> nn.Module:
     torch.manual_seed(0)
     return Branchy().eval()
@@ -40,6 +52,11 @@ def branchy() -> nn.Module:
 def two_outputs() -> nn.Module:
     torch.manual_seed(0)
     return TwoOutputs().eval()
+
+
+def token_bag() -> nn.Module:
+    torch.manual_seed(0)
+    return TokenBag().eval()
 
 
 def raises() -> nn.Module:
