@@ -52,6 +52,8 @@ def render_terminal(report: Report, console: Console) -> None:
     s = report.settings
     console.print(f"[dim]parity on {s.parity_data}; accuracy on {s.accuracy_data or 'no labelled set'}; "
                   f"{s.threads} threads; {s.machine.get('cpu', '')}[/]", highlight=False)
+    if s.accuracy_split:
+        console.print(f"[dim]accuracy split: {s.accuracy_split}[/]", highlight=False)
     for a in report.artifacts:
         for line in ([a.error] if a.error else []) + a.failures:
             style = "yellow" if a.status == "unavailable" else "red"
