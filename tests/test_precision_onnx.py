@@ -215,6 +215,16 @@ def test_int8_is_judged_on_labelled_samples_its_search_never_saw(cli, tmp_path: 
     assert abs(top1(held) - row["accuracy"]) < 1e-9  # the row's accuracy: held-out samples only
     assert abs(top1(tuning) - q["result"]["accuracy"]) < 1e-6  # the search's: tuning samples only
 
+    # Another split is other tuning data: the int8 step is rebuilt (its key holds the split), the export is not.
+    again = tmp_path / "again"
+    res = cli("convert", *OUTLIER.args(), "--to", "onnx:int8", "--calibration", CALIB, "-o", again, "--no-latency",
+              "--threads", "2")
+    assert res.exit_code == 0, res.output
+    report = res.report(again)
+    cached = {s["name"]: s["cached"] for s in report["steps"]}
+    assert cached == {"OnnxFromPytorch": True, "SimplifyOnnx": True, "QuantizeOnnxInt8": False}, cached
+    assert report["settings"]["tuning_samples"] == 178 and report["source"]["accuracy_samples"] == 182
+
 
 # -- units: the attention-mask guard and option validation ----------------------------------------------------
 
