@@ -226,6 +226,14 @@ def test_int8_is_judged_on_labelled_samples_its_search_never_saw(cli, tmp_path: 
     assert report["settings"]["tuning_samples"] == 178 and report["source"]["accuracy_samples"] == 182
 
 
+def test_onnx_int8_reads_the_labelled_set_only_for_an_accuracy_budget() -> None:
+    """Without an accuracy budget nothing tunes on --validation: no split, and no cache key on it."""
+    from convcli.passes.quantize_onnx import Int8Options, QuantizeOnnxInt8
+
+    assert QuantizeOnnxInt8.data_inputs(Int8Options()) == (True, True)
+    assert QuantizeOnnxInt8.data_inputs(Int8Options(max_accuracy_drop=None)) == (True, False)
+
+
 # -- units: the attention-mask guard and option validation ----------------------------------------------------
 
 def _masked_attention_graph() -> onnx.ModelProto:

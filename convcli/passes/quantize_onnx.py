@@ -270,6 +270,12 @@ class QuantizeOnnxInt8(Pass):
     uses_validation = True
     Options = Int8Options
 
+    @classmethod
+    def data_inputs(cls, options: Any) -> tuple[bool, bool]:
+        """The labelled set is read only for an accuracy budget: with max_accuracy_drop=null the step neither
+        keys on it nor takes a tuning part of it (the whole set then measures accuracy)."""
+        return cls.uses_calibration, options.max_accuracy_drop is not None
+
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         onnx = require("onnx")
         require("onnxruntime", "quantizing ONNX to int8")
