@@ -65,3 +65,30 @@ def test_conversion_failure_exits_3_and_keeps_other_targets(cli, tmp_path: Path)
     assert row["status"] == "error" and "OnnxFromPytorch failed" in row["error"]
     assert "\n" not in row["error"]
     assert not (out / "onnx-fp32").exists()
+
+
+def test_labelled_set_too_small_to_split_exits_2_before_converting(cli, tmp_path: Path) -> None:
+    """An accuracy-aware int8 step tunes on part of each class and accuracy is measured on the rest: a class
+    with one sample cannot serve both, so the job stops at once naming the field (exit 2, nothing written)."""
+    tiny = tmp_path / "data" / "val"
+    for label, names in {"0": ["0078", "0202"], "1": ["0001"]}.items():
+        (tiny / label).mkdir(parents=True)
+        for name in names:
+            source = next((ROOT / "calibration_data/digits/val" / label).glob("*.png"))
+            (tiny / label / f"{name}.png").write_bytes(source.read_bytes())
+    out = tmp_path / "run" / "out"
+    out.parent.mkdir()
+    res = cli("convert", *DIGITS.args()[:3], "--validation", tiny, "--to", "onnx:int8", "--calibration",
+              ROOT / "calibration_data/digits/calib", "-o", out, "--no-latency")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "data.tuning_fraction=0.5" in text and "class 1 has 1 sample(s)" in text and "--tuning-fraction" in text
+    assert "Traceback" not in res.output and list(out.parent.iterdir()) == []
+
+    res = cli("convert", *DIGITS.args()[:3], "--validation", tiny, "--to", "onnx", "-o", out, "--no-latency")
+    assert res.exit_code == 0, res.output  # no step tunes on the set: all of it measures accuracy, as before
+    report = res.report(out)
+    assert report["source"]["accuracy_samples"] == 3 and report["settings"]["accuracy_split"] is None
+
+    res = cli("convert", *DIGITS.args()[:3], "--tuning-fraction", "1.5", "-o", tmp_path / "bad")
+    assert res.exit_code == 2 and "tuning_fraction" in res.output, res.output

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from convcli.core.tensors import parse_input_spec
+from convcli.parity.data import ImagePreprocess, load_images
+from convcli.passes.fp16_onnx import ort_outputs
+from convcli.reports.markdown import render_markdown
+from convcli.reports.render import load_report
 from tests.conftest import FAST
 from tests.models.catalogue import HERE, ROOT, ModelCase
 
@@ -60,7 +66,7 @@ def test_digits_fp16_and_int8_side_by_side(cli, catalogue, tmp_path: Path) -> No
     assert str(CALIB) in q["calibration"]["data"] and q["calibration"]["samples"] == 64  # the job's default load
     assert q["calibration"]["method"] == "minmax" and q["per_channel"] and q["activation_type"] == "uint8"
     assert q["preprocess"].startswith("quant_pre_process")
-    assert q["budget"]["metric"] == "accuracy_drop" and q["budget"]["samples"] == report["source"]["accuracy_samples"]
+    assert q["budget"]["metric"] == "accuracy_drop" and q["budget"]["samples"] == report["settings"]["tuning_samples"]
     assert q["budget_met"] and q["float_layers"] == [] and len(q["steps"]) == 1
     assert q["quantized_ops"].get("Conv") == 2 and q["quantized_ops"].get("Gemm") == 2
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= _ops(out / int8["path"])
@@ -188,6 +194,58 @@ def test_accuracy_aware_int8_keeps_sensitive_layers_in_float(cli, tmp_path: Path
     assert res.exit_code == 3, res.output
     error = res.report(again)["artifacts"][0]["error"]
     assert "missed its budget" in error and "accuracy drop" in error and "max_float_layers=0" in error
+
+
+def test_int8_is_judged_on_labelled_samples_its_search_never_saw(cli, tmp_path: Path) -> None:
+    """The accuracy-aware search tunes on one part of --validation; the report's accuracy (what an int8 row is
+    judged on) comes from the other part only. Checked by rerunning the int8 file on each part by index."""
+    out = tmp_path / "out"
+    res = cli("convert", *OUTLIER.args(), "--to", "onnx:int8", "--calibration", CALIB, "-o", out, "--no-latency",
+              "--tuning-fraction", "0.25", "--threads", "2")
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    settings, row = report["settings"], _row(report, "onnx-int8")
+    tuning, held = settings["tuning_indices"], settings["accuracy_indices"]
+    assert settings["tuning_samples"] == len(tuning) == 88 and settings["tuning_fraction"] == 0.25
+    assert settings["accuracy_samples"] == report["source"]["accuracy_samples"] == len(held) == 272
+    assert not set(tuning) & set(held) and sorted(tuning + held) == list(range(360))
+    assert settings["accuracy_split"] == ("val: 360 samples, 88 for int8 tuning (every 4th sample per class), "
+                                          "272 held out for accuracy")
+    q = _step(report, "QuantizeOnnxInt8")["details"]["int8"]
+    assert q["budget"]["samples"] == 88 and "int8 tuning part, 88 samples" in q["budget"]["data"]
+    assert q["float_layers"], "the hostile model needs layers kept in float: the search ran on the tuning part"
+    assert "accuracy split: val: 360 samples, 88 for int8 tuning" in res.output
+    assert "- Accuracy split: val: 360 samples, 88 for int8 tuning" in render_markdown(load_report(out))
+
+    assert OUTLIER.validation is not None
+    data = load_images(OUTLIER.validation, [parse_input_spec(OUTLIER.inputs[0])], ImagePreprocess())
+    assert data.labels is not None
+
+    def top1(indices: list[int]) -> float:
+        part = data.subset(indices, "part")
+        _, (logits, *_) = ort_outputs(out / row["path"], part, 2)
+        return float(np.mean(np.argmax(logits, axis=1) == part.labels))
+
+    assert abs(top1(held) - row["accuracy"]) < 1e-9  # the row's accuracy: held-out samples only
+    assert abs(top1(tuning) - q["result"]["accuracy"]) < 1e-6  # the search's: tuning samples only
+
+    # Another split is other tuning data: the int8 step is rebuilt (its key holds the split), the export is not.
+    again = tmp_path / "again"
+    res = cli("convert", *OUTLIER.args(), "--to", "onnx:int8", "--calibration", CALIB, "-o", again, "--no-latency",
+              "--threads", "2")
+    assert res.exit_code == 0, res.output
+    report = res.report(again)
+    cached = {s["name"]: s["cached"] for s in report["steps"]}
+    assert cached == {"OnnxFromPytorch": True, "SimplifyOnnx": True, "QuantizeOnnxInt8": False}, cached
+    assert report["settings"]["tuning_samples"] == 178 and report["source"]["accuracy_samples"] == 182
+
+
+def test_onnx_int8_reads_the_labelled_set_only_for_an_accuracy_budget() -> None:
+    """Without an accuracy budget nothing tunes on --validation: no split, and no cache key on it."""
+    from convcli.passes.quantize_onnx import Int8Options, QuantizeOnnxInt8
+
+    assert QuantizeOnnxInt8.data_inputs(Int8Options()) == (True, True)
+    assert QuantizeOnnxInt8.data_inputs(Int8Options(max_accuracy_drop=None)) == (True, False)
 
 
 # -- units: the attention-mask guard and option validation ----------------------------------------------------

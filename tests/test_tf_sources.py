@@ -246,6 +246,10 @@ def test_native_tflite_int8_accuracy_aware_keeps_layers_in_float(cli, int8_hosti
     assert row["status"] == "passed" and row["accuracy_drop"] <= 0.01, row
     search = row["details"]["int8"]["accuracy_aware"]
     assert search["budget"]["metric"] == "accuracy_drop" and search["budget_met"]
+    # The TensorFlow child got the tuning part only (as arrays); the row's accuracy is on the held-out rest.
+    settings = res.report(out)["settings"]
+    assert "int8 tuning part" in search["budget"]["data"] and search["budget"]["samples"] == 178, search["budget"]
+    assert settings["tuning_samples"] == 178 and settings["accuracy_samples"] == 182
     assert search["steps"][0]["action"] == "quantize all" and search["steps"][0]["accuracy_drop"] > 0.05
     assert 1 <= len(search["float_layers"]) <= 4
     assert all("conv2d" in layer for layer in search["float_layers"]), search["float_layers"]

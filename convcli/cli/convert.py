@@ -38,6 +38,9 @@ def convert(
     exporter: str = typer.Option(None, "--exporter", help="auto (dynamo, then torchscript), dynamo or torchscript."),
     data: Path = typer.Option(None, "--data", help="Parity inputs: .npy/.npz or an image folder (default: random)."),
     validation: Path = typer.Option(None, "--validation", help="Labelled images (class folders or CSV) for accuracy."),
+    tuning_fraction: float = typer.Option(
+        None, "--tuning-fraction", help="Share of each class of --validation that accuracy-aware INT8 tunes on "
+                                        "(default 0.5); the rest is held out for the reported accuracy."),
     calibration: Path = typer.Option(None, "--calibration", help="Calibration data for INT8 steps."),
     calibration_samples: int = typer.Option(None, "--calibration-samples", min=1,
                                             help="Calibration samples for INT8 steps (default 64)."),
@@ -104,17 +107,17 @@ def _batches(batch: str | None) -> list[int] | None:
 
 def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weights: Path | None, precision: str,
              option: list[str] | None, opset: int | None, exporter: str | None, data: Path | None,
-             validation: Path | None, calibration: Path | None, calibration_samples: int | None,
-             prune: str | None, train: Path | None, finetune_epochs: int, samples: int | None, batch: str | None,
-             runs: int | None, threads: int | None, no_latency: bool, output_kind: list[str] | None, strict: bool,
-             no_simplify: bool, require_all: bool,
-             no_cache: bool, cache_dir: Path | None, json_out: bool) -> None:
+             validation: Path | None, tuning_fraction: float | None, calibration: Path | None,
+             calibration_samples: int | None, prune: str | None, train: Path | None, finetune_epochs: int,
+             samples: int | None, batch: str | None, runs: int | None, threads: int | None, no_latency: bool,
+             output_kind: list[str] | None, strict: bool, no_simplify: bool, require_all: bool, no_cache: bool,
+             cache_dir: Path | None, json_out: bool) -> None:
     from convcli.cli.common import STATE
     from convcli.job import run_job
     from convcli.reports.terminal import render_terminal
 
     spec = build_job(model, to, inputs, weights, precision, _step_options(option, opset, exporter), output,
-                     parity=data, validation=validation, calibration=calibration,
+                     parity=data, validation=validation, tuning_fraction=tuning_fraction, calibration=calibration,
                      calibration_samples=calibration_samples, train=train,
                      prune=_prune_options(prune, finetune_epochs), samples=samples,
                      batches=_batches(batch), runs=runs, threads=threads, enabled=not no_latency,

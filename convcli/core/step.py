@@ -68,7 +68,8 @@ class StepContext:
 
     @property
     def validation(self) -> DataSet | None:
-        """The labelled set, for steps that judge their own output (accuracy-aware quantization)."""
+        """The labelled samples a step may judge its own output on (accuracy-aware quantization): only the
+        tuning part of --validation, so the report's accuracy comes from samples no step has seen."""
         return self.validation_source() if self.validation_source is not None else None
 
     def require_calibration(self, where: str, hint: str = CALIBRATION_HINT) -> DataSet:

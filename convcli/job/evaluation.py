@@ -21,6 +21,7 @@ from convcli.job.judge import exit_code, flag_speed, judge
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
 from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, Tolerance, assume_kind, compare_outputs
+from convcli.parity.data import LabelledSplit
 from convcli.parity.evaluate import EvalSettings, Measurement, measure_model
 from convcli.recipes.schema import JobSpec
 from convcli.reports.model import ArtifactReport, Report, Settings, SourceReport, Status, StepRecord
@@ -174,6 +175,7 @@ class Evaluation:
         settings_report = Settings(
             threads=self.settings.threads, parity_data=parity_desc, parity_samples=d.samples,
             accuracy_data=str(d.validation) if d.validation else None, accuracy_samples=src.accuracy_samples,
+            **_split_settings(self.data.split, d.validation),
             latency_batches=self.settings.latency_batches if self.settings.measure_latency else [],
             warmup=self.settings.warmup, runs=self.settings.runs,
             tolerances={p: t.model_dump() for p, t in self.tolerances.items()}, machine=machine())
@@ -182,6 +184,15 @@ class Evaluation:
         return Report(convcli_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                       name=self.spec.name, exit_code=code, summary=summary, fastest_passed=fastest, source=src,
                       settings=settings_report, steps=steps, artifacts=rows)
+
+
+def _split_settings(split: LabelledSplit | None, validation: Path | None) -> dict[str, Any]:
+    """Which labelled samples tuned int8 steps and which measured accuracy (the report's Settings fields)."""
+    if split is None or validation is None:
+        return {}
+    return {"accuracy_split": split.describe(validation.name), "tuning_fraction": split.fraction,
+            "tuning_samples": len(split.tuning), "tuning_indices": list(split.tuning),
+            "accuracy_indices": list(split.held_out)}
 
 
 def _headline(latency: dict[int, Any]) -> Any:

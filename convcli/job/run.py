@@ -22,7 +22,7 @@ from convcli.core.planner import Plan, plan
 from convcli.core.registry import Registry, default_registry
 from convcli.core.step import StepContext
 from convcli.core.tensors import TensorSpec
-from convcli.job.data import LazyData, batch_sizes
+from convcli.job.data import LazyData, batch_sizes, plan_split
 from convcli.job.evaluation import Entry, Evaluation
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
 from convcli.job.output import finalize, stage, step_records
@@ -57,6 +57,9 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         if p is not None and not Path(p).exists():
             raise InputError(f"data path {p} does not exist")
     undecided = require_calibration(the_plan, spec, None)
+    # A step that tunes on the labelled set gets only its tuning part; accuracy is measured on the rest.
+    split = plan_split(spec, any(s.step.data_inputs(s.options)[1] for s in the_plan.steps.values()))
+    split_key = [split.fraction, split.rule] if split is not None else None
     src_key = source_key(spec, loader)
     if spec.prune is not None:
         src_key = make_key(src_key, "prune", spec.prune.model_dump(), file_digest(spec.data.train))
@@ -72,9 +75,9 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     calib_key = file_digest(spec.data.calibration) if spec.data.calibration else None
     calib_key = make_key("calibration", calib_key, spec.data.calibration_samples) if calib_key else None
     valid_key = make_key("validation", file_digest(spec.data.validation), spec.data.validation_samples,
-                         spec.data.preprocess.model_dump())
+                         spec.data.preprocess.model_dump(), split_key)
     keys = step_keys(the_plan, src_key, calib_key, valid_key)
-    data = LazyData(spec, inputs)
+    data = LazyData(spec, inputs, split)
 
     output = spec.output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -82,10 +85,11 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     try:
         ctx = StepContext(workdir=workdir, threads=threads, debug=debug,
                           calibration_source=lambda: data.get().calibration,
-                          validation_source=lambda: data.get().labelled)
+                          validation_source=data.for_steps)
         outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
         staged = stage(the_plan, outcomes, source, workdir / "final")
-        measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances, spec.outputs)
+        measure_base = make_key("measure", data_key(spec), split_key, settings.__dict__, spec.tolerances,
+                                spec.outputs)
         entries = []
         for t in the_plan.targets:
             k = keys.get(t.final_step) if t.final_step else src_key

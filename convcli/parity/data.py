@@ -7,7 +7,9 @@ Every data set is a dict of arrays stacked on the first (batch) dimension, plus 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import itertools
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,6 +52,12 @@ class DataSet:
             return self
         labels = None if self.labels is None else self.labels[:n]
         return DataSet({k: v[:n] for k, v in self.inputs.items()}, labels, f"{self.description}, first {n}")
+
+    def subset(self, indices: Sequence[int], description: str) -> DataSet:
+        """The samples at ``indices`` (in that order), with their labels."""
+        idx = np.asarray(indices, dtype=np.int64)
+        labels = None if self.labels is None else self.labels[idx]
+        return DataSet({k: v[idx] for k, v in self.inputs.items()}, labels, description)
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, len(self), size):
@@ -140,10 +148,9 @@ def _class_index(names: list[str]) -> dict[str, int]:
     return {n: i for i, n in enumerate(sorted(names))}
 
 
-def load_images(path: Path, specs: list[TensorSpec], pre: ImagePreprocess, limit: int | None = None) -> DataSet:
-    """A folder of images (flat: unlabelled; class sub-folders: labelled) or a CSV of file,label."""
-    if len(specs) != 1:
-        raise InputError(f"{path}: image data feeds a model with one input, this one has {len(specs)}")
+def list_images(path: Path, limit: int | None = None) -> tuple[list[Path], list[int]]:
+    """The image files ``load_images`` reads, in its order, and their labels (empty when unlabelled), without
+    opening any image: cheap enough to check a labelled set before anything is converted."""
     files: list[Path] = []
     labels: list[int] = []
     if path.is_file() and path.suffix.lower() == ".csv":
@@ -178,10 +185,76 @@ def load_images(path: Path, specs: list[TensorSpec], pre: ImagePreprocess, limit
         picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
         files = [files[i] for i in picks]
         labels = [labels[i] for i in picks] if labels else []
+    return files, labels
+
+
+def load_images(path: Path, specs: list[TensorSpec], pre: ImagePreprocess, limit: int | None = None) -> DataSet:
+    """A folder of images (flat: unlabelled; class sub-folders: labelled) or a CSV of file,label."""
+    if len(specs) != 1:
+        raise InputError(f"{path}: image data feeds a model with one input, this one has {len(specs)}")
+    files, labels = list_images(path, limit)
     batch = np.stack([_image_array(f, specs[0], pre) for f in files])
     label_arr = np.asarray(labels, dtype=np.int64) if labels else None
     kind = "labelled images" if labels else "images"
     return DataSet({specs[0].name: batch}, label_arr, f"{kind} {path} ({len(files)} files)")
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """A labelled set divided into a tuning part (what accuracy-aware INT8 steps may look at) and a held-out
+    part (what the report's accuracy and the accuracy gate are measured on); disjoint, together the whole set.
+    Indices are positions in the set's load order (class folders, then files, sorted; or CSV rows)."""
+
+    fraction: float
+    tuning: tuple[int, ...]
+    held_out: tuple[int, ...]
+    rule: str
+
+    @property
+    def size(self) -> int:
+        return len(self.tuning) + len(self.held_out)
+
+    def describe(self, name: str) -> str:
+        return (f"{name}: {self.size} samples, {len(self.tuning)} for int8 tuning ({self.rule}), "
+                f"{len(self.held_out)} held out for accuracy")
+
+
+def split_labelled(labels: Sequence[int], fraction: float, field: str = "data.tuning_fraction") -> LabelledSplit:
+    """Split a labelled set per class: within each class (in load order) sample i goes to tuning when
+    floor((i+1)*fraction) > floor(i*fraction), so fraction 0.5 tunes on every 2nd sample of each class and
+    every class keeps its share in both parts. Labelled folders are ordered by class, so a "first N" split
+    would tune on some classes and judge on others. Deterministic: no seed, the same files give the same split.
+
+    Raises InputError (naming ``field``) when a class is too small to give both parts a sample."""
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"{field}={fraction}: must be between 0 and 1 (exclusive)")
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    tuning: list[int] = []
+    eps = 1e-9  # 0.1 * 10 must floor to 1, not 0.999...
+    for label, members in sorted(by_class.items()):
+        picked = [idx for k, idx in enumerate(members)
+                  if math.floor((k + 1) * fraction + eps) > math.floor(k * fraction + eps)]
+        if not picked or len(picked) == len(members):
+            need = next(m for m in itertools.count(2) if 0 < math.floor(m * fraction + eps) < m)
+            raise InputError(
+                f"{field}={fraction} splits every class of the labelled set between int8 tuning and held-out "
+                f"accuracy: class {label} has {len(members)} sample(s), too few for both parts (at least {need})",
+                hint=f"add labelled samples, change {field} (--tuning-fraction), or raise data.validation_samples "
+                     "if set")
+        tuning.extend(picked)
+    tuning.sort()
+    chosen = set(tuning)
+    held_out = tuple(i for i in range(len(labels)) if i not in chosen)
+    step = 1 / fraction
+    rule = (f"every {round(step)}{_ordinal(round(step))} sample per class" if abs(step - round(step)) < 1e-6
+            else f"{fraction:.0%} of each class, evenly spread")
+    return LabelledSplit(fraction, tuple(tuning), held_out, rule)
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def load_data(path: Path, specs: list[TensorSpec], pre: ImagePreprocess | None = None,

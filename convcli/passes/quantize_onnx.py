@@ -283,6 +283,12 @@ class QuantizeOnnxInt8(Pass):
             return None
         return not any(s.dtype not in ("float32", "float16", "float64") for s in inputs)
 
+    @classmethod
+    def data_inputs(cls, options: Any) -> tuple[bool, bool]:
+        """The labelled set is read only for an accuracy budget: with max_accuracy_drop=null the step neither
+        keys on it nor takes a tuning part of it (the whole set then measures accuracy)."""
+        return cls.uses_calibration, options.max_accuracy_drop is not None
+
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
         onnx = require("onnx")
         require("onnxruntime", "quantizing ONNX to int8")

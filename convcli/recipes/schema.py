@@ -96,6 +96,10 @@ class DataSpec(Strict):
                                                           "after pruning.")
     samples: int = Field(default=16, ge=1, description="Samples for the parity comparison.")
     validation_samples: int | None = Field(default=None, ge=1, description="Cap on labelled samples used.")
+    tuning_fraction: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="When a planned step tunes on the labelled set (accuracy-aware "
+        "INT8), the share of each class it gets; the rest is held out and is all the report's accuracy and the "
+        "accuracy gate are measured on. Without such a step the whole set measures accuracy.")
     calibration_samples: int = Field(default=64, ge=1, description="Samples used to calibrate INT8 steps.")
     seed: int = Field(default=0, description="Seed of generated random inputs.")
     preprocess: ImagePreprocess = Field(default_factory=ImagePreprocess,

@@ -433,6 +433,7 @@ def _settings(report: Report) -> str:
              ("latency", f"batches {', '.join(map(str, s.latency_batches))}; {s.warmup} warm-up and up to "
                          f"{s.runs} timed runs per batch" if s.latency_batches else "not measured"),
              ("parity data", s.parity_data), ("accuracy data", s.accuracy_data or "no labelled set"),
+             *([("accuracy split", s.accuracy_split)] if s.accuracy_split else []),
              ("tolerances", tol or "-"), ("machine", machine_line(report)),
              ("convcli", f"{report.convcli_version}, report created {report.created}")]
     body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items)

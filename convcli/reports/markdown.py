@@ -269,6 +269,8 @@ def render_markdown(report: Report) -> str:
     lines.append(f"- Threads: {s.threads}; latency: {lat}")
     lines.append(f"- Parity data: {md_escape(s.parity_data)}")
     lines.append(f"- Accuracy data: {md_escape(s.accuracy_data) if s.accuracy_data else 'no labelled set'}")
+    if s.accuracy_split:
+        lines.append(f"- Accuracy split: {md_escape(s.accuracy_split)}")
     tols = sorted({f"{a.precision}: {tolerance_line(a)}" for a in report.artifacts if a.parity})
     if tols:
         lines.append(f"- Tolerances (effective, per row precision): {md_escape('; '.join(tols))}")

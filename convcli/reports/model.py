@@ -74,7 +74,18 @@ class Settings(BaseModel):
     parity_data: str
     parity_samples: int
     accuracy_data: str | None = None
-    accuracy_samples: int | None = None
+    accuracy_samples: int | None = Field(default=None, description="Labelled samples accuracy is measured on "
+                                                                    "(the held-out part when the set is split).")
+    accuracy_split: str | None = Field(
+        default=None, description="When a step tuned on the labelled set: which samples tuned it and which were held "
+                                  "out for accuracy, e.g. 'val: 360 samples, 180 for int8 tuning (every 2nd sample "
+                                  "per class), 180 held out for accuracy'. Null: the whole set measured accuracy.")
+    tuning_fraction: float | None = Field(default=None, description="data.tuning_fraction, when the set was split.")
+    tuning_samples: int | None = Field(default=None, description="Labelled samples given to tuning steps.")
+    tuning_indices: list[int] = Field(default_factory=list, description="Positions (in the labelled set's load "
+                                      "order) of the samples given to tuning steps; empty when not split.")
+    accuracy_indices: list[int] = Field(default_factory=list, description="Positions of the held-out samples "
+                                        "accuracy is measured on; empty when not split (then: all of them).")
     latency_batches: list[int] = Field(default_factory=list)
     warmup: int = 0
     runs: int = 0

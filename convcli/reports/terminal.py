@@ -53,6 +53,8 @@ def render_terminal(report: Report, console: Console) -> None:
     s = report.settings
     console.print(f"[dim]parity on {s.parity_data}; accuracy on {s.accuracy_data or 'no labelled set'}; "
                   f"{s.threads} threads; {s.machine.get('cpu', '')}[/]", highlight=False)
+    if s.accuracy_split:
+        console.print(f"[dim]accuracy split: {s.accuracy_split}[/]", highlight=False)
     tols = sorted({f"{a.precision}: {tolerance_line(a)}" for a in report.artifacts if a.parity})
     if tols:
         console.print(f"[dim]tolerances: {'; '.join(tols)}[/]", highlight=False)
