@@ -16,9 +16,13 @@ from convcli.core.artifact import Artifact
 from convcli.core.registry import default_registry
 from convcli.core.runner import Session
 from convcli.core.tensors import parse_input_spec
+from convcli.job.evaluation import machine_fingerprint
 from convcli.parity.data import DataSet
 from convcli.parity.evaluate import EvalSettings, time_sessions
 from convcli.parity.latency import SETTLE, slice_size
+from convcli.reports.markdown import render_markdown
+from convcli.reports.model import Report
+from tests.conftest import FAST
 
 # --- exporters restore PyTorch's process-wide switches ---------------------------------------------------------
 
@@ -123,3 +127,44 @@ def test_a_session_that_fails_while_timed_is_dropped_and_the_others_finish(tmp_p
                         lambda k, e: errors.append(f"{k}: {e}"))
     assert errors == ["b: the runtime crashed"]
     assert set(got) == {"a"} and got["a"][1].runs == 6
+
+
+# --- provenance: every number says where it was measured, speedups divide pairs from the same rounds ------------
+
+
+def test_cached_rows_keep_their_own_pair_and_say_which_run(cli, catalogue, tmp_path: Path) -> None:
+    args = [*catalogue["digits_cnn"].args(), *FAST]
+    assert cli("convert", *args, "--to", "onnx", "-o", tmp_path / "one").exit_code == 0
+    first = Report.model_validate_json((tmp_path / "one" / "report.json").read_text())
+    res = cli("convert", *args, "--to", "onnx,openvino", "-o", tmp_path / "two")
+    assert res.exit_code == 0, res.output
+    second = Report.model_validate_json((tmp_path / "two" / "report.json").read_text())
+    assert first.run_id and second.run_id and first.run_id != second.run_id
+
+    onnx_then, = first.artifacts
+    onnx_now, ov_now = second.artifacts
+    assert onnx_now.cached and onnx_now.measured and onnx_now.measured.run_id == first.run_id
+    assert onnx_now.source_latency_ms == onnx_then.source_latency_ms == first.source.latency_ms
+    assert onnx_now.latency_ms and onnx_now.source_latency_ms
+    assert onnx_now.speedup_vs_source == onnx_then.speedup_vs_source
+    assert onnx_now.speedup_vs_source == pytest.approx(onnx_now.source_latency_ms.p50 / onnx_now.latency_ms.p50)
+    # the cached source is timed again, in this run's rounds, for the artifact measured now
+    assert not ov_now.cached and ov_now.measured and ov_now.measured.run_id == second.run_id
+    assert not second.source.cached and second.source.measured and second.source.measured.run_id == second.run_id
+    assert ov_now.source_latency_ms == second.source.latency_ms
+    assert ov_now.measured.machine == onnx_now.measured.machine == second.settings.machine["fingerprint"]
+    assert f"Cached from run {first.run_id}" in render_markdown(second)
+    assert f"Cached from run {first.run_id}" in res.output
+
+    assert cli("convert", *args, "--to", "onnx,openvino", "-o", tmp_path / "three").exit_code == 0
+    third = Report.model_validate_json((tmp_path / "three" / "report.json").read_text())
+    assert third.source.cached and third.source.measured and third.source.measured.run_id == second.run_id
+    assert [a.measured.run_id for a in third.artifacts if a.measured] == [first.run_id, second.run_id]
+
+
+def test_the_machine_fingerprint_covers_cpu_and_threads() -> None:
+    info = {"cpu": "Some CPU", "cpu_flags": ["avx2"], "cores": 8}
+    assert machine_fingerprint(2, info) == machine_fingerprint(2, dict(info))
+    assert machine_fingerprint(2, info) != machine_fingerprint(4, info)
+    assert machine_fingerprint(2, info) != machine_fingerprint(2, {**info, "cpu_flags": ["avx2", "avx512f"]})
+    assert machine_fingerprint(2, info) != machine_fingerprint(2, {**info, "cpu": "Another CPU"})

@@ -23,7 +23,7 @@ def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec) -> None:
         limit = gates.accuracy_limit(row.precision)
         if limit is not None and row.accuracy_drop > limit + 1e-12:
             failures.append(f"accuracy drop {row.accuracy_drop * 100:.2f} points > {limit * 100:.2f}")
-    head, ref_head = row.latency_ms, src.latency_ms
+    head, ref_head = row.latency_ms, row.source_latency_ms  # the source as timed in the same rounds
     row.speedup_vs_source = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None
     g = gates
     if parity is not None:

@@ -22,7 +22,7 @@ from convcli.core.planner import plan
 from convcli.core.registry import Registry, default_registry
 from convcli.core.step import StepContext
 from convcli.job.data import LazyData, batch_sizes
-from convcli.job.evaluation import Entry, Evaluation
+from convcli.job.evaluation import Entry, Evaluation, machine_fingerprint
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
 from convcli.job.output import finalize, stage, step_records
 from convcli.job.source import LazySource, find_loader, target_requests, with_source_layout
@@ -80,7 +80,8 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
                           validation_source=lambda: data.get().labelled)
         outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
         staged = stage(the_plan, outcomes, source, workdir / "final")
-        measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances)
+        measure_base = make_key("measure", data_key(spec), settings.__dict__, spec.tolerances,
+                                machine_fingerprint(settings.threads))
         entries = []
         for t in the_plan.targets:
             k = keys.get(t.final_step) if t.final_step else src_key
