@@ -17,11 +17,13 @@ from convcli.core.registry import default_registry
 from convcli.core.runner import Session
 from convcli.core.tensors import parse_input_spec
 from convcli.job.evaluation import machine_fingerprint
+from convcli.job.judge import flag_speed, judge
 from convcli.parity.data import DataSet
 from convcli.parity.evaluate import EvalSettings, time_sessions
-from convcli.parity.latency import SETTLE, slice_size
+from convcli.parity.latency import SETTLE, LatencyStats, slice_size
+from convcli.recipes.schema import GateSpec
 from convcli.reports.markdown import render_markdown
-from convcli.reports.model import Report
+from convcli.reports.model import ArtifactReport, Measured, Report, SourceReport
 from tests.conftest import FAST
 
 # --- exporters restore PyTorch's process-wide switches ---------------------------------------------------------
@@ -127,6 +129,76 @@ def test_a_session_that_fails_while_timed_is_dropped_and_the_others_finish(tmp_p
                         lambda k, e: errors.append(f"{k}: {e}"))
     assert errors == ["b: the runtime crashed"]
     assert set(got) == {"a"} and got["a"][1].runs == 6
+
+
+# --- the flagging rule -------------------------------------------------------------------------------------------
+
+
+def _stats(p50: float, spread: float | None, runs: int = 30) -> LatencyStats:
+    """Synthetic latency: p25/p75 at p50 -/+ spread/2 (None: a number cached before spreads were recorded)."""
+    half = None if spread is None else spread / 2
+    return LatencyStats(p50=p50, p90=p50, p99=p50, mean=p50, throughput=1000 / p50, batch=1, runs=runs,
+                        p25=None if half is None else p50 - half, p75=None if half is None else p50 + half)
+
+
+def _row(p50: float, spread: float | None, src: LatencyStats | None, precision: str = "fp32",
+         run: str = "r1") -> ArtifactReport:
+    row = ArtifactReport(id=f"onnx-{precision}", format="onnx", precision=precision, status="passed",
+                         latency_ms=_stats(p50, spread), source_latency_ms=src,
+                         measured=Measured(run_id=run, at="2026-01-01T00:00:00+00:00", machine="m"))
+    row.speedup_vs_source = src.p50 / p50 if src else None
+    return row
+
+
+def test_a_slowdown_within_noise_is_not_flagged() -> None:
+    """0.030 vs 0.034 ms: past the 10% margin, but the runs spread over 0.02 ms, so it is noise."""
+    row = _row(0.034, 0.02, _stats(0.030, 0.02))
+    flag_speed([row])
+    assert row.flags == [] and row.speed_within_noise is True
+
+
+def test_a_clear_slowdown_is_flagged() -> None:
+    row = _row(2.0, 0.05, _stats(1.0, 0.05))
+    flag_speed([row])
+    assert row.flags == ["slower than the source (0.50x)"] and row.speed_within_noise is False
+
+
+def test_a_difference_beyond_the_spread_but_under_the_margin_is_not_flagged() -> None:
+    row = _row(1.05, 0.001, _stats(1.0, 0.001))
+    flag_speed([row])
+    assert row.flags == [] and row.speed_within_noise is False
+
+
+def test_numbers_without_a_recorded_spread_fall_back_to_the_margin() -> None:
+    row = _row(1.2, None, _stats(1.0, None))
+    flag_speed([row])
+    assert row.flags == ["slower than the source (0.83x)"] and row.speed_within_noise is False
+
+
+def test_without_a_source_pair_there_is_no_speedup_and_no_source_flag() -> None:
+    row = _row(5.0, 0.0, None)
+    judge(row, _source(_stats(1.0, 0.0)), GateSpec(min_speedup=2.0))
+    flag_speed([row])
+    assert row.speedup_vs_source is None and row.speed_within_noise is None and row.flags == []
+    assert not any("speedup" in f for f in row.failures)
+
+
+def _source(latency: LatencyStats) -> SourceReport:
+    return SourceReport(spec="m.py:build", format="pytorch", inputs=[], outputs=[], latency_ms=latency)
+
+
+def test_an_int8_sibling_is_compared_only_with_numbers_from_the_same_run() -> None:
+    src = _stats(10.0, 0.1)
+    fp32 = _row(1.0, 0.01, src)
+    int8_same = _row(2.0, 0.01, src, "int8")
+    flag_speed([fp32, int8_same])
+    assert int8_same.flags == ["slower than onnx-fp32 (2.00 vs 1.00 ms)"]
+    int8_other = _row(2.0, 0.01, src, "int8", run="r0")
+    flag_speed([_row(1.0, 0.01, src), int8_other])
+    assert int8_other.flags == []
+    int8_noisy = _row(1.3, 2.0, src, "int8")
+    flag_speed([_row(1.0, 0.01, src), int8_noisy])
+    assert int8_noisy.flags == []
 
 
 # --- provenance: every number says where it was measured, speedups divide pairs from the same rounds ------------
