@@ -22,6 +22,7 @@ from convcli.parity.data import DataSet
 from convcli.parity.evaluate import EvalSettings, time_sessions
 from convcli.parity.latency import SETTLE, LatencyStats, slice_size
 from convcli.recipes.schema import GateSpec
+from convcli.reports.junit import render_junit
 from convcli.reports.markdown import render_markdown
 from convcli.reports.model import ArtifactReport, Measured, Report, SourceReport
 from tests.conftest import FAST
@@ -227,6 +228,7 @@ def test_cached_rows_keep_their_own_pair_and_say_which_run(cli, catalogue, tmp_p
     assert ov_now.measured.machine == onnx_now.measured.machine == second.settings.machine["fingerprint"]
     assert f"Cached from run {first.run_id}" in render_markdown(second)
     assert f"Cached from run {first.run_id}" in res.output
+    assert f"measured in run {first.run_id} (cached)" in render_junit(second)
 
     assert cli("convert", *args, "--to", "onnx,openvino", "-o", tmp_path / "three").exit_code == 0
     third = Report.model_validate_json((tmp_path / "three" / "report.json").read_text())
