@@ -1,4 +1,5 @@
-"""Run the source and each artifact on the same data: outputs, accuracy and latency side by side."""
+"""Run the source and each artifact on the same data: outputs and accuracy one model at a time, then latency of
+all of them together, in round-robin rounds."""
 
 from __future__ import annotations
 
@@ -103,21 +104,3 @@ def time_sessions(sessions: dict[Key, Session], parity: DataSet, settings: EvalS
         if key not in failed:
             result[key] = {b: got[(key, b)] for b in settings.latency_batches if (key, b) in got}
     return result
-
-
-def measure_model(registry: Registry, artifact: Artifact, parity: DataSet, labelled: DataSet | None,
-                  settings: EvalSettings) -> Measurement:
-    """One model alone: outputs, accuracy and (when enabled) latency. Comparisons should time their models
-    together with ``time_sessions`` instead."""
-    name, session = open_session(registry, artifact, settings.threads)
-    try:
-        result = evaluate_outputs(session, name, parity, labelled, settings)
-        if settings.measure_latency:
-            errors: list[Exception] = []
-            result.latency = time_sessions({0: session}, parity, settings,
-                                           lambda _k, exc: errors.append(exc)).get(0, {})
-            if errors:
-                raise errors[0]
-        return result
-    finally:
-        session.close()

@@ -119,12 +119,3 @@ def time_round_robin(timers: dict[Hashable, Timer], warmup: int, runs: int,
                 del live[key]
                 on_error(key, exc)
     return {k: t.stats() for k, t in live.items()}
-
-
-def measure(fn: Callable[[], object], batch: int, warmup: int = 5, runs: int = 30,
-            max_seconds: float = 10.0) -> LatencyStats:
-    """Time ``fn`` (which runs one batch) alone; stops early after ``max_seconds`` of timed runs (at least 3)."""
-    timer = Timer(fn, batch, runs, max_seconds)
-    timer.warm(warmup)
-    timer.take(runs)
-    return timer.stats()
