@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from convcli.converters.torch_globals import torch_export_globals
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError
 from convcli.core.isolation import run_python, run_tool
@@ -321,13 +322,12 @@ class NcnnFromPytorch(PnnxConverter):
 
     def write_pnnx_input(self, artifact: Artifact, dest: Path, ctx: StepContext) -> dict[str, Any]:
         torch = require("torch")
-        torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA fast path breaks tracing
         args = tuple(torch.from_numpy(a) for a in example_inputs(artifact.inputs,
                                                                 batch_overrides(artifact.inputs), 0).values())
         import warnings
 
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            with torch_export_globals(), warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(self.traceable(artifact), args, check_trace=False)
             traced.save(str(dest))

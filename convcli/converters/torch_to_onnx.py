@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from convcli.converters.torch_globals import torch_export_globals
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
@@ -147,7 +148,11 @@ class OnnxFromPytorch(Converter):
         torch = require("torch")
         opts: TorchExportOptions = self.options  # type: ignore[assignment]
         model = self.model_for_export(artifact)
-        torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA fast path breaks tracing
+        with torch_export_globals():
+            return self._export(torch, model, artifact, ctx, opts)
+
+    def _export(self, torch: Any, model: Any, artifact: Artifact, ctx: StepContext,
+                opts: TorchExportOptions) -> Artifact:
         specs = artifact.inputs
         args = tuple(example_tensors(specs))
         large = _param_bytes(model) > TWO_GB

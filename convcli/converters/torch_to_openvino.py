@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from convcli.converters.onnx_to_openvino import OpenvinoOptions, save_ir
+from convcli.converters.torch_globals import torch_export_globals
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
@@ -108,9 +109,8 @@ class OpenvinoFromPytorch(Converter):
         ov = require_openvino()
         opts: OpenvinoTorchOptions = self.options  # type: ignore[assignment]
         where = self.name
-        torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA fast path breaks tracing
         try:
-            with quiet(), torch.inference_mode(False), torch.no_grad():
+            with torch_export_globals(), quiet(), torch.inference_mode(False), torch.no_grad():
                 model = self.convert(ov, artifact, _input_signature(ov, artifact.inputs))
         except Exception as exc:
             raise ConversionError(f"{where}: OpenVINO's PyTorch frontend failed: {first_line(exc)}",

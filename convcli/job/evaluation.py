@@ -4,27 +4,31 @@ row is judged (``judge.py``) and the report assembled."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from convcli import __version__
 from convcli.core.artifact import Artifact
-from convcli.core.cache import Cache
+from convcli.core.cache import Cache, make_key
 from convcli.core.errors import ConvcliError, InputError, UnavailableError, first_line
 from convcli.core.executor import ProgressSink
 from convcli.core.registry import Registry
+from convcli.core.runner import Session
 from convcli.job.data import LazyData
 from convcli.job.judge import exit_code, flag_speed, judge
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
 from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, Tolerance, assume_kind, compare_outputs
 from convcli.parity.data import LabelledSplit
-from convcli.parity.evaluate import EvalSettings, Measurement, measure_model
+from convcli.parity.evaluate import EvalSettings, Measurement, evaluate_outputs, open_session, time_sessions
+from convcli.parity.latency import LatencyStats
 from convcli.recipes.schema import JobSpec
-from convcli.reports.model import ArtifactReport, Report, Settings, SourceReport, Status, StepRecord
+from convcli.reports.model import ArtifactReport, Measured, Report, Settings, SourceReport, Status, StepRecord
 
 
 @dataclass
@@ -39,16 +43,33 @@ class Entry:
     key: str
 
 
+@dataclass
+class Pending:
+    """A row whose outputs are judged and whose session stays open until it has been timed with the others."""
+
+    row: ArtifactReport
+    key: str
+    session: Session
+
+
 class Evaluation:
     """Measures the source and each artifact on the same data (or reuses cached measurements), then judges
-    every artifact against its tolerances and gates. Judging always runs: changing a gate needs no re-run."""
+    every artifact against its tolerances and gates. Judging always runs: changing a gate needs no re-run.
+
+    Outputs and accuracy are computed one model at a time; latency is timed afterwards for the source and every
+    artifact measured in this run together, in round-robin rounds (``parity.evaluate.time_sessions``). Each
+    measured row stores the source latency from those same rounds, so its speedup is a like-for-like pair; a
+    cached row keeps the pair it was measured with, and says from which run (``measured``)."""
 
     def __init__(self, registry: Registry, spec: JobSpec, source: LazySource, data: LazyData,
                  settings: EvalSettings, cache: Cache, progress: ProgressSink | None, outputs: list[str]) -> None:
         self.registry, self.spec, self.source, self.data = registry, spec, source, data
         self.settings, self.cache, self.progress, self.outputs = settings, cache, progress, outputs
         self.tolerances = {p: spec.tolerances.get(p, t) for p, t in DEFAULT_TOLERANCES.items()}  # merged in JobSpec
+        self.run_id = new_run_id()
         self._ref: Measurement | None = None
+        self._ref_session: Session | None = None
+        self._open: list[Session] = []
 
     def _begin(self, label: str) -> None:
         if self.progress:
@@ -58,15 +79,34 @@ class Evaluation:
         if self.progress:
             self.progress.end(label, ok, 0.0, note)
 
+    def measured(self) -> Measured:
+        """This run's provenance stamp, put on every row it measures."""
+        m = machine()
+        return Measured(run_id=self.run_id, at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        machine=machine_fingerprint(self.settings.threads, m), cpu=str(m.get("cpu", "")),
+                        threads=self.settings.threads)
+
+    def _keep(self, session: Session) -> Session:
+        self._open.append(session)
+        return session
+
+    def close(self) -> None:
+        """Close every session this evaluation opened."""
+        while self._open:
+            self._open.pop().close()
+
     def reference(self) -> Measurement:
-        """The source's outputs, accuracy and latency, measured once per run when anything needs them."""
+        """The source's outputs and accuracy, once per run when anything needs them; its session stays open
+        for the timing rounds."""
         if self._ref is None:
             artifact = self.source.get()
             data = self.data.get()
             label = f"run source ({artifact.format})"
             self._begin(label)
             try:
-                self._ref = measure_model(self.registry, artifact, data.parity, data.labelled, self.settings)
+                name, session = open_session(self.registry, artifact, self.settings.threads)
+                self._ref_session = self._keep(session)
+                self._ref = evaluate_outputs(session, name, data.parity, data.labelled, self.settings)
             except ConvcliError:
                 raise
             except Exception as exc:
@@ -81,34 +121,9 @@ class Evaluation:
         return [assume_kind(name, arr, self.spec.outputs.get(name), labelled and i == 0)
                 for i, (name, arr) in enumerate(zip(self.outputs, ref.outputs, strict=False))]
 
-    def source_report(self, key: str) -> SourceReport:
-        cached = self.cache.load_json("measure", key)
-        if cached is not None:
-            return SourceReport.model_validate(cached)
-        ref = self.reference()
-        artifact = self.source.get()
-        size = artifact.size_bytes or None if (artifact.path is not None or artifact.files) else None
-        params = None
-        if artifact.obj is not None and hasattr(artifact.obj, "parameters"):
-            params = int(sum(p.numel() for p in artifact.obj.parameters()))
-        pruning = self.pruning_summary(ref, artifact) if self.source.original is not None else None
-        report = SourceReport(
-            pruning=pruning, spec=self.spec.source.model, format=artifact.format,
-            inputs=[s.text() for s in artifact.inputs],
-            outputs=artifact.output_names, runner=ref.runner, accuracy=ref.accuracy, size_bytes=size,
-            accuracy_samples=len(labelled) if (labelled := self.data.get().labelled) is not None else None,
-            params=params, latency_ms=_headline(ref.latency),
-            latency_by_batch={str(b): s for b, s in ref.latency.items()})
-        self.cache.store_json("measure", key, report.model_dump(mode="json"))
-        return report
-
-    def pruning_summary(self, ref: Measurement, pruned: Artifact) -> dict[str, Any]:
-        """Parameters, MACs, weight size, latency and accuracy before and after pruning, measured side by side."""
-        assert self.source.original is not None
-        data = self.data.get()
-        self._begin("run unpruned source")
-        before = measure_model(self.registry, self.source.original, data.parity, data.labelled, self.settings)
-        self._end("run unpruned source", True)
+    def pruning_summary(self, ref: Measurement, pruned: Artifact, before: Measurement) -> dict[str, Any]:
+        """Parameters, MACs, weight size, latency and accuracy before and after pruning, measured side by side
+        (the unpruned model is timed in the same rounds as the pruned one)."""
         info = dict(pruned.details.get("prune", {}))
         head_before, head_after = _headline(before.latency), _headline(ref.latency)
         info["before"] = {"params": info.get("params_before"), "macs": info.get("macs_before"),
@@ -119,8 +134,9 @@ class Evaluation:
                          "latency_ms": head_after.model_dump() if head_after else None}
         return info
 
-    def measure_entry(self, entry: Entry) -> ArtifactReport:
-        """The row with measurements only (status passed/error/unavailable; gates not applied yet)."""
+    def prepare_entry(self, entry: Entry) -> ArtifactReport | Pending:
+        """A finished row (unavailable, error, or cached), or a row with parity and accuracy whose session is
+        kept open to be timed with the others (status passed/error; gates not applied yet)."""
         base: dict[str, Any] = dict(id=entry.id, format=entry.format, precision=entry.precision, chain=entry.chain)
         if isinstance(entry.artifact, str):
             status: Status = "unavailable" if entry.artifact.startswith("unavailable:") else "error"
@@ -129,7 +145,8 @@ class Evaluation:
         if cached is not None:
             row = ArtifactReport.model_validate(cached)
             row.cached = True
-            self._end(f"measure {entry.id}", True, "cached")
+            self._end(f"measure {entry.id}", True, f"cached from run {row.measured.run_id}" if row.measured
+                      else "cached")
             return row
         artifact = entry.artifact
         common: dict[str, Any] = dict(base, path=str(artifact.path.name) if artifact.path else None,
@@ -139,7 +156,9 @@ class Evaluation:
         data = self.data.get()
         self._begin(f"measure {entry.id}")
         try:
-            got = measure_model(self.registry, artifact, data.parity, data.labelled, self.settings)
+            name, session = open_session(self.registry, artifact, self.settings.threads)
+            self._keep(session)
+            got = evaluate_outputs(session, name, data.parity, data.labelled, self.settings)
         except ConvcliError as exc:
             row = ArtifactReport(**common, status="unavailable" if isinstance(exc, UnavailableError) else "error",
                                  error=exc.one_line())
@@ -152,16 +171,87 @@ class Evaluation:
         tol = self.tolerances.get(artifact.precision, Tolerance())
         names = artifact.output_names or self.outputs
         parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref))
-        row = ArtifactReport(**common, status="passed", runner=got.runner, parity=parity, accuracy=got.accuracy,
-                             latency_ms=_headline(got.latency),
-                             latency_by_batch={str(b): s for b, s in got.latency.items()})
-        self.cache.store_json("measure", entry.key, row.model_dump(mode="json"))
+        row = ArtifactReport(**common, status="passed", runner=got.runner, parity=parity, accuracy=got.accuracy)
         self._end(f"measure {entry.id}", True)  # the verdict (tolerances, gates) is the report's
-        return row
+        return Pending(row, entry.key, session)
+
+    def measure_together(self, pending: list[Pending], source_key: str) -> SourceReport:
+        """Time the source and every pending artifact in the same rounds, fill in their rows and the source
+        report, and cache them. A cached source with nothing pending is reused as is; a cached source with
+        artifacts pending is timed again, since a speedup only divides numbers from the same rounds."""
+        cached = self.cache.load_json("measure", source_key)
+        src_cached = SourceReport.model_validate(cached) if cached is not None else None
+        if src_cached is not None and not pending:
+            src_cached.cached = True
+            return src_cached
+        ref = self.reference()
+        assert self._ref_session is not None
+        artifact = self.source.get()
+        data = self.data.get()
+        sessions: dict[str, Session] = {"source": self._ref_session}
+        sessions.update({p.row.id: p.session for p in pending})
+        before: Measurement | None = None
+        if src_cached is None and self.source.original is not None:
+            self._begin("run unpruned source")
+            name, session = open_session(self.registry, self.source.original, self.settings.threads)
+            before = evaluate_outputs(self._keep(session), name, data.parity, data.labelled, self.settings)
+            sessions["unpruned source"] = session
+            self._end("run unpruned source", True)
+        latency: dict[str, dict[int, LatencyStats]] = {}
+        failed: dict[str, Exception] = {}
+        if self.settings.measure_latency:
+            label = f"time {len(sessions)} models together ({len(self.settings.latency_batches)} batch sizes)"
+            self._begin(label)
+            latency = time_sessions(sessions, data.parity, self.settings, failed.__setitem__)
+            self._end(label, not failed, ", ".join(f"{k} failed" for k in failed))
+        if "source" in failed:
+            raise InputError(f"the source model fails on the latency feed: {first_line(failed['source'])}")
+        stamp = self.measured()
+        src_latency = latency.get("source", {})
+        for p in pending:
+            row = p.row
+            if row.id in failed:
+                row.status, row.error = "error", f"running the artifact failed: {first_line(failed[row.id])}"
+                continue
+            got = latency.get(row.id, {})
+            row.latency_ms = _headline(got)
+            row.latency_by_batch = {str(b): s for b, s in got.items()}
+            row.source_latency_ms = _headline(src_latency)
+            row.measured = stamp
+            self.cache.store_json("measure", p.key, row.model_dump(mode="json"))
+        if before is not None:
+            before.latency = latency.get("unpruned source", {})
+        ref.latency = src_latency
+        if src_cached is not None:
+            report = src_cached.model_copy(update=dict(latency_ms=_headline(src_latency), measured=stamp,
+                                                       latency_by_batch={str(b): s for b, s in src_latency.items()}))
+        else:
+            report = self._source_report(ref, artifact, before, stamp)
+        self.cache.store_json("measure", source_key, report.model_dump(mode="json"))
+        return report
+
+    def _source_report(self, ref: Measurement, artifact: Artifact, before: Measurement | None,
+                       stamp: Measured) -> SourceReport:
+        size = artifact.size_bytes or None if (artifact.path is not None or artifact.files) else None
+        params = None
+        if artifact.obj is not None and hasattr(artifact.obj, "parameters"):
+            params = int(sum(p.numel() for p in artifact.obj.parameters()))
+        pruning = self.pruning_summary(ref, artifact, before) if before is not None else None
+        return SourceReport(
+            pruning=pruning, spec=self.spec.source.model, format=artifact.format,
+            inputs=[s.text() for s in artifact.inputs],
+            outputs=artifact.output_names, runner=ref.runner, accuracy=ref.accuracy, size_bytes=size,
+            accuracy_samples=len(labelled) if (labelled := self.data.get().labelled) is not None else None,
+            params=params, latency_ms=_headline(ref.latency),
+            latency_by_batch={str(b): s for b, s in ref.latency.items()}, measured=stamp)
 
     def report(self, entries: list[Entry], steps: list[StepRecord], source_key: str) -> Report:
-        rows = [self.measure_entry(e) for e in entries]
-        src = self.source_report(source_key)
+        try:
+            prepared = [self.prepare_entry(e) for e in entries]
+            src = self.measure_together([p for p in prepared if isinstance(p, Pending)], source_key)
+        finally:
+            self.close()
+        rows = [p.row if isinstance(p, Pending) else p for p in prepared]
         target_gates = {f"{t.format}-{p}" + (f"@{t.via}" if t.via else ""): t.gates
                         for t in self.spec.targets for p in t.precisions if t.gates}
         for row in rows:
@@ -178,12 +268,13 @@ class Evaluation:
             **_split_settings(self.data.split, d.validation),
             latency_batches=self.settings.latency_batches if self.settings.measure_latency else [],
             warmup=self.settings.warmup, runs=self.settings.runs,
-            tolerances={p: t.model_dump() for p, t in self.tolerances.items()}, machine=machine())
+            tolerances={p: t.model_dump() for p, t in self.tolerances.items()},
+            machine={**machine(), "fingerprint": machine_fingerprint(self.settings.threads)})
         counts = {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "error", "unavailable")}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         return Report(convcli_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                      name=self.spec.name, exit_code=code, summary=summary, fastest_passed=fastest, source=src,
-                      settings=settings_report, steps=steps, artifacts=rows)
+                      run_id=self.run_id, name=self.spec.name, exit_code=code, summary=summary,
+                      fastest_passed=fastest, source=src, settings=settings_report, steps=steps, artifacts=rows)
 
 
 def _split_settings(split: LabelledSplit | None, validation: Path | None) -> dict[str, Any]:
@@ -199,6 +290,20 @@ def _headline(latency: dict[int, Any]) -> Any:
     return next(iter(latency.values())) if latency else None
 
 
+def new_run_id() -> str:
+    """A run id that sorts by time and is unique enough: UTC timestamp plus 6 random hex digits."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def machine_fingerprint(threads: int, info: dict[str, Any] | None = None) -> str:
+    """What makes latencies comparable: CPU model, CPU flags, core count, architecture and thread count. Part
+    of the measurement cache key, so numbers from another machine (a CI cache restored elsewhere) or another
+    thread count are measured again instead of being compared with this machine's."""
+    m = info if info is not None else machine()
+    return make_key("machine", m.get("cpu"), m.get("cpu_flags"), m.get("cores"), platform.machine(), threads)[:16]
+
+
+@functools.cache
 def machine() -> dict[str, Any]:
     flags: list[str] = []
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from convcli.core.errors import EXIT_CONVERSION_FAILED, EXIT_GATE_FAILED, EXIT_OK
+from convcli.parity.latency import LatencyStats
 from convcli.recipes.schema import GateSpec
 from convcli.reports.model import ArtifactReport, SourceReport
 
@@ -59,7 +60,7 @@ def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec, strict: bool 
             failures.append("accuracy is not a finite number")
         elif limit is not None and row.accuracy_drop > limit + 1e-12:
             failures.append(f"accuracy drop {row.accuracy_drop * 100:.2f} points > {limit * 100:.2f}")
-    head, ref_head = row.latency_ms, src.latency_ms
+    head, ref_head = row.latency_ms, row.source_latency_ms  # the source as timed in the same rounds
     row.speedup_vs_source = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None
     g = gates
     if parity is not None:
@@ -82,20 +83,41 @@ def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec, strict: bool 
 SLOWER_MARGIN = 1.10  # latency differences under 10% are noise on a shared machine, not a finding
 
 
+def within_noise(a: LatencyStats, b: LatencyStats) -> bool:
+    """Whether two medians differ by no more than their combined spread (the sum of the ~95% intervals of
+    each median, ``LatencyStats.p50_halfwidth``): such a difference is not evidence either way."""
+    return abs(a.p50 - b.p50) <= a.p50_halfwidth + b.p50_halfwidth
+
+
+def clearly_slower(slow: LatencyStats, fast: LatencyStats) -> bool:
+    """``slow`` is slower than ``fast`` by more than SLOWER_MARGIN *and* by more than the combined spread."""
+    return slow.p50 > fast.p50 * SLOWER_MARGIN and not within_noise(slow, fast)
+
+
+def _same_run(a: ArtifactReport, b: ArtifactReport) -> bool:
+    return a.measured is not None and b.measured is not None and a.measured.run_id == b.measured.run_id
+
+
 def flag_speed(rows: list[ArtifactReport]) -> None:
     """Flag 'optimized' artifacts that are slower: than the source, or than a higher-precision sibling of the
-    same format (int8 slower than fp32 is the classic). Only differences above SLOWER_MARGIN count."""
+    same format (int8 slower than fp32 is the classic). A difference counts only when it exceeds both
+    SLOWER_MARGIN and the combined spread of the two numbers, and only between numbers measured in the same
+    rounds (a row and its own source pair; siblings with the same run id). ``speed_within_noise`` records
+    whether the row's difference from the source is inside the spread, so the report can say so."""
     order = {"fp32": 0, "fp16": 1, "int8": 2}
     for row in rows:
-        if row.latency_ms is None:
+        head, src = row.latency_ms, row.source_latency_ms
+        if head is None:
             continue
-        if row.speedup_vs_source is not None and row.speedup_vs_source * SLOWER_MARGIN < 1.0:
-            row.flags.append(f"slower than the source ({row.speedup_vs_source:.2f}x)")
+        if src is not None:
+            row.speed_within_noise = within_noise(head, src)
+            if row.speedup_vs_source is not None and clearly_slower(head, src):
+                row.flags.append(f"slower than the source ({row.speedup_vs_source:.2f}x)")
         for other in rows:
             if (other is not row and other.format == row.format and other.latency_ms is not None
-                    and order.get(other.precision, 0) < order.get(row.precision, 0)
-                    and other.latency_ms.p50 * SLOWER_MARGIN < row.latency_ms.p50):
-                row.flags.append(f"slower than {other.id} ({row.latency_ms.p50:.2f} vs {other.latency_ms.p50:.2f} ms)")
+                    and order.get(other.precision, 0) < order.get(row.precision, 0) and _same_run(row, other)
+                    and clearly_slower(head, other.latency_ms)):
+                row.flags.append(f"slower than {other.id} ({head.p50:.2f} vs {other.latency_ms.p50:.2f} ms)")
 
 
 def exit_code(rows: list[ArtifactReport], require_all: bool) -> int:

@@ -23,7 +23,7 @@ from convcli.core.registry import Registry, default_registry
 from convcli.core.step import StepContext
 from convcli.core.tensors import TensorSpec
 from convcli.job.data import LazyData, batch_sizes, plan_split
-from convcli.job.evaluation import Entry, Evaluation
+from convcli.job.evaluation import Entry, Evaluation, machine_fingerprint
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
 from convcli.job.output import finalize, stage, step_records
 from convcli.job.source import LazySource, check_declared_outputs, find_loader, target_requests, with_source_layout
@@ -89,7 +89,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
         staged = stage(the_plan, outcomes, source, workdir / "final")
         measure_base = make_key("measure", data_key(spec), split_key, settings.__dict__, spec.tolerances,
-                                spec.outputs)
+                                spec.outputs, machine_fingerprint(settings.threads))
         entries = []
         for t in the_plan.targets:
             k = keys.get(t.final_step) if t.final_step else src_key

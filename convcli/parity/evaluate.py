@@ -1,9 +1,12 @@
-"""Run the source and each artifact on the same data: outputs, accuracy and latency side by side."""
+"""Run the source and each artifact on the same data: outputs and accuracy one model at a time, then latency of
+all of them together, in round-robin rounds."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -13,7 +16,7 @@ from convcli.core.registry import Registry
 from convcli.core.runner import Session
 from convcli.parity.compare import accuracy
 from convcli.parity.data import DataSet
-from convcli.parity.latency import LatencyStats, measure
+from convcli.parity.latency import LatencyStats, Timer, time_round_robin
 
 
 def run_dataset(session: Session, data: DataSet, batch: int) -> list[np.ndarray]:
@@ -62,21 +65,42 @@ def open_session(registry: Registry, artifact: Artifact, threads: int) -> tuple[
     return runner.name, runner().load(artifact, threads)
 
 
-def measure_model(registry: Registry, artifact: Artifact, parity: DataSet, labelled: DataSet | None,
-                  settings: EvalSettings) -> Measurement:
-    name, session = open_session(registry, artifact, settings.threads)
-    try:
-        outputs = run_dataset(session, parity, settings.parity_batch)
-        acc = None
-        if labelled is not None and labelled.labels is not None:
-            logits = run_dataset(session, labelled, settings.parity_batch)[0]
-            acc = accuracy(logits, labelled.labels)
-        result = Measurement(runner=session.description or name, outputs=outputs, accuracy=acc)
-        if settings.measure_latency:
-            for b in settings.latency_batches:
-                feed = latency_feed(parity, b)
-                result.latency[b] = measure(functools.partial(session, feed), b, settings.warmup, settings.runs,
-                                            settings.max_seconds)
-        return result
-    finally:
-        session.close()
+def evaluate_outputs(session: Session, runner: str, parity: DataSet, labelled: DataSet | None,
+                     settings: EvalSettings) -> Measurement:
+    """Outputs on the parity data and accuracy on the labelled set; latency is left to ``time_sessions``."""
+    outputs = run_dataset(session, parity, settings.parity_batch)
+    acc = None
+    if labelled is not None and labelled.labels is not None:
+        logits = run_dataset(session, labelled, settings.parity_batch)[0]
+        acc = accuracy(logits, labelled.labels)
+    return Measurement(runner=session.description or runner, outputs=outputs, accuracy=acc)
+
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+def time_sessions(sessions: dict[Key, Session], parity: DataSet, settings: EvalSettings,
+                  on_error: Callable[[Key, Exception], None]) -> dict[Key, dict[int, LatencyStats]]:
+    """Latency of every session at every latency batch, timed together in round-robin rounds (each round runs
+    each session a slice of its runs at each batch), so that a load spike on the machine hits all of them
+    alike. Warm-up, ``runs`` and ``max_seconds`` apply to each session and batch as if it were timed alone.
+    A session that raises is dropped (``on_error`` is told once) and the others go on."""
+    timers: dict[Hashable, Timer] = {}
+    for b in settings.latency_batches:
+        feed = latency_feed(parity, b)
+        for key, session in sessions.items():
+            timers[(key, b)] = Timer(functools.partial(session, feed), b, settings.runs, settings.max_seconds)
+    failed: set[Hashable] = set()
+
+    def dropped(timer_key: Hashable, exc: Exception) -> None:
+        key = timer_key[0]  # type: ignore[index]
+        if key not in failed:
+            failed.add(key)
+            on_error(key, exc)
+
+    got = time_round_robin(timers, settings.warmup, settings.runs, dropped)
+    result: dict[Key, dict[int, LatencyStats]] = {}
+    for key in sessions:
+        if key not in failed:
+            result[key] = {b: got[(key, b)] for b in settings.latency_batches if (key, b) in got}
+    return result

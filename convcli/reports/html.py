@@ -16,7 +16,9 @@ from typing import Any
 
 from convcli.core.errors import UnavailableError
 from convcli.reports.markdown import (
+    SPEEDUP_NOTE,
     batches,
+    cached_note,
     fastest_detail,
     fmt_ms,
     fmt_pct,
@@ -343,10 +345,11 @@ def _summary(report: Report) -> str:
         label = f"<b>{_e(row.label)}</b>" + ('<span class="fastest">fastest</span>' if row.fastest else "")
         rows.append((f"row-{row.status}", [label, _pill(row.status), *[_e(c) for c in row.cells]]))
     batch = report.source.latency_ms.batch if report.source.latency_ms else None
+    cached = cached_note(report)
     return (f"<section><h2>Artifacts</h2>{_table(table.headers, table.numeric, rows)}"
-            f'<p class="note">Speedup is the source\'s p50 over the artifact\'s p50'
-            f"{f' at batch {batch}' if batch else ''}; the bracket after accuracy is the change against the "
-            "source in percentage points.</p></section>")
+            f'<p class="note">{_e(SPEEDUP_NOTE.format(at=f" at batch {batch}" if batch else ""))} The bracket after '
+            "accuracy is the change against the source in percentage points."
+            + (f" {_e(cached)}" if cached else "") + "</p></section>")
 
 
 def _problems(report: Report) -> str:
@@ -388,13 +391,16 @@ def _latency(report: Report) -> str:
         for b in batches(report):
             if b in by_batch:
                 s = by_batch[b]
+                iqr = "-" if s.p25 is None or s.p75 is None else f"{fmt_ms(s.p25)}-{fmt_ms(s.p75)}"
                 rows.append((f"row-{status}", [f"<b>{_e(label)}</b>", _e(b), *[_e(fmt_ms(v)) for v in
                                                                                (s.p50, s.p90, s.p99, s.mean)],
-                                               _e(f"{s.throughput:,.0f}"), _e(s.runs)]))
+                                               _e(iqr), _e(f"{s.throughput:,.0f}"), _e(s.runs)]))
     if not rows:
         return ""
-    headers = ["artifact", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "runs"]
-    return f"<section><h2>Latency</h2>{_table(headers, [False] + [True] * 7, rows)}</section>"
+    headers = ["artifact", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "p25-p75 ms", "samples/s", "runs"]
+    return (f"<section><h2>Latency</h2>{_table(headers, [False] + [True] * 8, rows)}"
+            '<p class="note">All models of a run are timed together in round-robin rounds, so a load spike hits '
+            "them alike; p25-p75 is the spread of the timed runs.</p></section>")
 
 
 def _provenance(report: Report) -> str:

@@ -49,7 +49,10 @@ def _artifact_output(a: ArtifactReport) -> str:
         lines.append(f"latency batch {batch}: p50 {fmt_ms(s.p50)} ms, p90 {fmt_ms(s.p90)} ms, "
                      f"{s.throughput:,.0f} samples/s")
     if a.speedup_vs_source is not None:
-        lines.append(f"speedup vs source: {a.speedup_vs_source:.2f}x")
+        lines.append(f"speedup vs source: {a.speedup_vs_source:.2f}x" + (" (within noise)" if a.speed_within_noise
+                                                                         else ""))
+    if a.cached and a.measured is not None:
+        lines.append(f"measured in run {a.measured.run_id} (cached)")
     if a.size_bytes is not None:
         lines.append(f"size: {fmt_size(a.size_bytes)}")
     lines += [f"flag: {f}" for f in a.flags]

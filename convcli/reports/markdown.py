@@ -101,8 +101,7 @@ def summary_table(report: Report) -> SummaryTable:
             fmt_accuracy(a.accuracy, a.accuracy_drop),
             *[fmt_ms(a.latency_by_batch[b].p50) if b in a.latency_by_batch else
               (fmt_ms(a.latency_ms.p50) if not b and a.latency_ms else "-") for b in bs],
-            "-" if a.speedup_vs_source is None else f"{a.speedup_vs_source:.2f}x",
-            fmt_size(a.size_bytes)], fastest=a.id == report.fastest_passed))
+            speedup_cell(a), fmt_size(a.size_bytes)], fastest=a.id == report.fastest_passed))
     return SummaryTable(headers, numeric, rows)
 
 
@@ -125,6 +124,28 @@ def problems(report: Report) -> list[Problem]:
         found.extend(Problem(a.id, "failed", line) for line in a.failures)
         found.extend(Problem(a.id, "flag", line) for line in a.flags)
     return sorted(found, key=lambda p: order[p.kind])
+
+
+def speedup_cell(a: ArtifactReport) -> str:
+    """``2.75x``; ``~1.04x`` when the difference from the source is inside the two numbers' spread."""
+    if a.speedup_vs_source is None:
+        return "-"
+    return ("~" if a.speed_within_noise else "") + f"{a.speedup_vs_source:.2f}x"
+
+
+SPEEDUP_NOTE = ("Speedup is the source's p50 over the artifact's p50{at}, both timed in the same interleaved rounds "
+                "of the same run; ~ marks a difference within the two numbers' spread (noise, not a finding).")
+
+
+def cached_note(report: Report) -> str:
+    """``Latency cached from run R (machine M, at T): a, b.`` for numbers not measured in this run ("" if none)."""
+    runs: dict[str, list[str]] = {}
+    where: dict[str, str] = {}
+    for label, m in [("source", report.source.measured)] + [(a.id, a.measured) for a in report.artifacts]:
+        if m is not None and report.run_id is not None and m.run_id != report.run_id:
+            runs.setdefault(m.run_id, []).append(label)
+            where[m.run_id] = f"machine {m.machine}, {m.at}"
+    return " ".join(f"Cached from run {r} ({where[r]}): {', '.join(ids)}." for r, ids in runs.items())
 
 
 def fastest_detail(report: Report) -> str:
@@ -247,8 +268,10 @@ def render_markdown(report: Report) -> str:
     lines += _table(table.headers, table.numeric, body)
     lines.append("")
     batch = src.latency_ms.batch if src.latency_ms else None
-    lines.append(f"Speedup is the source's p50 over the artifact's p50{f' at batch {batch}' if batch else ''}; "
-                 "accuracy in brackets is the change against the source in percentage points.")
+    lines.append(SPEEDUP_NOTE.format(at=f" at batch {batch}" if batch else "")
+                 + " Accuracy in brackets is the change against the source in percentage points.")
+    if note := cached_note(report):
+        lines += ["", md_escape(note)]
 
     found = problems(report)
     if found:
@@ -265,8 +288,9 @@ def render_markdown(report: Report) -> str:
 
     lines += ["", "### Settings", ""]
     lat = (f"batches {', '.join(map(str, s.latency_batches))}; {s.warmup} warm-up and up to {s.runs} timed runs "
-           "per batch" if s.latency_batches else "not measured")
-    lines.append(f"- Threads: {s.threads}; latency: {lat}")
+           "per batch, all models interleaved in rounds" if s.latency_batches else "not measured")
+    lines.append(f"- Threads: {s.threads}; latency: {lat}" + (f"; run {md_escape(report.run_id)}"
+                                                               if report.run_id else ""))
     lines.append(f"- Parity data: {md_escape(s.parity_data)}")
     lines.append(f"- Accuracy data: {md_escape(s.accuracy_data) if s.accuracy_data else 'no labelled set'}")
     if s.accuracy_split:

@@ -27,6 +27,17 @@ class StepRecord(BaseModel):
     error: str | None = None
 
 
+class Measured(BaseModel):
+    """Where and when a row's numbers were measured. Latencies are only compared (speedups, "slower than")
+    between numbers with the same run id: the same rounds, on the same machine, at the same thread count."""
+
+    run_id: str = Field(description="The run that measured these numbers (new for every run).")
+    at: str = Field(description="When (UTC, ISO 8601).")
+    machine: str = Field(description="Fingerprint of the machine: hash of CPU model, CPU flags, cores, threads.")
+    cpu: str = Field(default="", description="CPU model, as /proc/cpuinfo names it.")
+    threads: int = Field(default=0, description="Thread count the runtimes were given.")
+
+
 class SourceReport(BaseModel):
     spec: str
     format: str
@@ -35,6 +46,8 @@ class SourceReport(BaseModel):
     runner: str | None = None
     latency_ms: LatencyStats | None = None
     latency_by_batch: dict[str, LatencyStats] = Field(default_factory=dict)
+    measured: Measured | None = Field(default=None, description="Run, time and machine of these numbers.")
+    cached: bool = Field(default=False, description="Numbers reused from the cache (see measured.run_id).")
     accuracy: float | None = None
     accuracy_samples: int | None = None
     size_bytes: int | None = None
@@ -59,12 +72,21 @@ class ArtifactReport(BaseModel):
     accuracy_drop: float | None = None
     latency_ms: LatencyStats | None = None
     latency_by_batch: dict[str, LatencyStats] = Field(default_factory=dict)
-    speedup_vs_source: float | None = None
+    source_latency_ms: LatencyStats | None = Field(
+        default=None, description="The source's headline latency timed in the same interleaved rounds as this "
+                                  "row (same run, machine and threads): the denominator of speedup_vs_source.")
+    speedup_vs_source: float | None = Field(
+        default=None, description="source_latency_ms.p50 / latency_ms.p50: only from a pair measured together.")
+    speed_within_noise: bool | None = Field(
+        default=None, description="True when the p50 difference from the source is inside the two numbers' "
+                                  "combined spread (the speedup is not a finding either way).")
+    measured: Measured | None = Field(default=None, description="Run, time and machine of these numbers.")
     size_bytes: int | None = None
     error: str | None = None
     failures: list[str] = Field(default_factory=list, description="every gate that failed, one line each")
-    cached: bool = Field(default=False, description="Measurements reused from the cache (same artifact, data "
-                                                    "and settings); --no-cache measures again.")
+    cached: bool = Field(default=False, description="Measurements reused from the cache (same artifact, data, "
+                                                    "settings and machine; measured.run_id says which run); "
+                                                    "--no-cache measures again.")
     flags: list[str] = Field(default_factory=list, description="warnings such as 'slower than source'")
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -102,6 +124,8 @@ class Report(BaseModel):
     exit_code: int = 0
     summary: str = ""
     fastest_passed: str | None = None
+    run_id: str | None = Field(default=None, description="This run's id; rows whose measured.run_id differs are "
+                                                        "cached from that run.")
     source: SourceReport
     settings: Settings
     steps: list[StepRecord] = Field(default_factory=list)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from convcli.reports.markdown import output_kinds_line, tolerance_line
+from convcli.reports.markdown import cached_note, output_kinds_line, speedup_cell, tolerance_line
 from convcli.reports.model import Report
 
 STATUS_STYLE = {"passed": "bold green", "failed": "bold red", "error": "bold red", "unavailable": "yellow"}
@@ -46,13 +46,17 @@ def render_terminal(report: Report, console: Console) -> None:
             "-" if not p or p.cosine_min is None else f"{p.cosine_min:.6f}",
             "-" if not p or p.top1_agreement is None else f"{p.top1_agreement * 100:.1f}%",
             _acc(a.accuracy), _ms(a.latency_ms.p50 if a.latency_ms else None),
-            "-" if a.speedup_vs_source is None else f"{a.speedup_vs_source:.2f}x", _size(a.size_bytes))
+            speedup_cell(a), _size(a.size_bytes))
     console.print(table)
     if src.pruning:
         console.print(pruning_line(src.pruning), highlight=False)
     s = report.settings
     console.print(f"[dim]parity on {s.parity_data}; accuracy on {s.accuracy_data or 'no labelled set'}; "
-                  f"{s.threads} threads; {s.machine.get('cpu', '')}[/]", highlight=False)
+                  f"{s.threads} threads; {s.machine.get('cpu', '')}; latency timed in interleaved rounds"
+                  + ("; ~ = within noise" if any(a.speed_within_noise for a in report.artifacts) else "") + "[/]",
+                  highlight=False)
+    if note := cached_note(report):
+        console.print(f"[dim]{note}[/]", highlight=False)
     if s.accuracy_split:
         console.print(f"[dim]accuracy split: {s.accuracy_split}[/]", highlight=False)
     tols = sorted({f"{a.precision}: {tolerance_line(a)}" for a in report.artifacts if a.parity})
