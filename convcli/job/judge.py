@@ -8,6 +8,7 @@ import math
 from convcli.core.errors import EXIT_CONVERSION_FAILED, EXIT_GATE_FAILED, EXIT_OK
 from convcli.parity.latency import LatencyStats
 from convcli.recipes.schema import GateSpec
+from convcli.reports.markdown import fmt_ms
 from convcli.reports.model import ArtifactReport, SourceReport
 
 
@@ -117,7 +118,7 @@ def flag_speed(rows: list[ArtifactReport]) -> None:
             if (other is not row and other.format == row.format and other.latency_ms is not None
                     and order.get(other.precision, 0) < order.get(row.precision, 0) and _same_run(row, other)
                     and clearly_slower(head, other.latency_ms)):
-                row.flags.append(f"slower than {other.id} ({head.p50:.2f} vs {other.latency_ms.p50:.2f} ms)")
+                row.flags.append(f"slower than {other.id} ({fmt_ms(head.p50)} vs {fmt_ms(other.latency_ms.p50)} ms)")
 
 
 def exit_code(rows: list[ArtifactReport], require_all: bool) -> int:

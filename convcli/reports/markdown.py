@@ -30,7 +30,7 @@ def fmt_ms(value: float | None) -> str:
     for limit, digits in ((100, 0), (10, 1), (1, 2)):
         if value >= limit:
             return f"{value:.{digits}f}"
-    return f"{value:.3f}"
+    return f"{value:.3g}"  # three significant digits: 0.0115 vs 0.0100, never "0.01 vs 0.01"
 
 
 def fmt_size(n: int | None) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from convcli.reports.markdown import cached_note, output_kinds_line, speedup_cell, tolerance_line
+from convcli.reports.markdown import cached_note, fmt_ms, output_kinds_line, speedup_cell, tolerance_line
 from convcli.reports.model import Report
 
 STATUS_STYLE = {"passed": "bold green", "failed": "bold red", "error": "bold red", "unavailable": "yellow"}
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return fmt_ms(value)
 
 
 def _size(n: int | None) -> str:
