@@ -62,3 +62,20 @@ def test_a_declared_kind_for_an_unknown_output_is_bad_input(cli, tmp_path: Path)
     assert not out.exists()
     res = cli("convert", f"{MODELS}:all_zero", "--to", "onnx", "-o", out, "--output-kind", "output:argmax")
     assert res.exit_code == 2 and "KIND one of logits" in res.output
+
+
+def test_bad_data_is_refused_before_anything_is_converted(cli, tmp_path: Path) -> None:
+    import numpy as np
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, wrong=np.zeros((4, 8), np.float32))
+    out = tmp_path / "out"
+    res = cli("convert", f"{MODELS}:all_zero", "--input", "x:batch=2x8:float32", "--to", "onnx", "-o", out,
+              "--data", bad)
+    assert res.exit_code == 2 and "--data" in res.output and "no array for input(s) x" in res.output
+    assert "OnnxFromPytorch" not in res.output and not out.exists()
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=np.zeros((4, 8, 1), np.float32))
+    res = cli("convert", f"{MODELS}:all_zero", "--input", "x:batch=2x8:float32", "--to", "onnx", "-o", out,
+              "--calibration", flat)
+    assert res.exit_code == 2 and "has shape (4, 8, 1)" in res.output and not out.exists()

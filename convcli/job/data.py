@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 from convcli.core.errors import InputError
 from convcli.core.tensors import TensorSpec
-from convcli.parity.data import DataSet, LabelledSplit, list_images, load_data, load_images, random_data, split_labelled
+from convcli.parity.data import (
+    DataSet,
+    LabelledSplit,
+    check_data,
+    list_images,
+    load_data,
+    load_images,
+    random_data,
+    split_labelled,
+)
 from convcli.recipes.schema import JobSpec
 
 
@@ -19,6 +28,17 @@ class JobData:
     labelled: DataSet | None
     calibration: DataSet | None
     tuning: DataSet | None = None
+
+
+def check_job_data(spec: JobSpec, inputs: list[TensorSpec]) -> None:
+    """Every data path the job names fits the model's inputs, checked before any conversion (exit 2)."""
+    d = spec.data
+    if d.validation is not None and d.validation.suffix.lower() in (".npy", ".npz"):
+        raise InputError(f"--validation {d.validation}: the labelled set is images with labels, not arrays",
+                         hint="class sub-folders of images, or a CSV of file,label")
+    for flag, path in (("--data", d.parity), ("--validation", d.validation), ("--calibration", d.calibration)):
+        if path is not None:
+            check_data(path, inputs, flag)
 
 
 def plan_split(spec: JobSpec, tunes: bool) -> LabelledSplit | None:

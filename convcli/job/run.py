@@ -22,7 +22,7 @@ from convcli.core.planner import Plan, plan
 from convcli.core.registry import Registry, default_registry
 from convcli.core.step import StepContext
 from convcli.core.tensors import TensorSpec
-from convcli.job.data import LazyData, batch_sizes, plan_split
+from convcli.job.data import LazyData, batch_sizes, check_job_data, plan_split
 from convcli.job.evaluation import Entry, Evaluation, machine_fingerprint
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
 from convcli.job.output import finalize, stage, step_records
@@ -66,6 +66,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     source = LazySource(registry, spec, cache, src_key)
     inputs, outputs = source.signature()
     check_declared_outputs(spec, outputs)
+    check_job_data(spec, inputs)
     if undecided:
         require_calibration(the_plan, spec, inputs)
     threads = spec.latency.threads or os.cpu_count() or 1
@@ -157,6 +158,7 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
     source = LazySource(registry, spec, cache, source_key(spec, loader))
     artifact_src = source.get()
     check_declared_outputs(spec, artifact_src.output_names)
+    check_job_data(spec, artifact_src.inputs)
     precision = spec.targets[0].precisions[0] if spec.targets else "fp32"
     entries: list[Entry] = []
     for i, f in enumerate(files):

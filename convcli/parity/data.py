@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,57 @@ def split_labelled(labels: Sequence[int], fraction: float, field: str = "data.tu
 
 def _ordinal(n: int) -> str:
     return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
+
+def array_shapes(path: Path) -> dict[str | None, tuple[int, ...]]:
+    """Shapes of the arrays in a ``.npy`` (key None) or ``.npz`` from their headers, without reading the data."""
+    try:
+        if path.suffix.lower() == ".npy":
+            return {None: tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)}
+        shapes: dict[str | None, tuple[int, ...]] = {}
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    header = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0(fh))
+                shapes[member[:-4]] = tuple(header[0])
+        return shapes
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"data file {path} cannot be read as .npy/.npz: {exc}") from None
+
+
+def check_data(path: Path, specs: list[TensorSpec], flag: str) -> None:
+    """What ``load_data`` would refuse, found from file listings and array headers only (no image is opened, no
+    array read), so bad data is exit 2 before anything is converted rather than an error after it."""
+    if not path.exists():
+        raise InputError(f"{flag} {path} does not exist")
+    if path.suffix.lower() in (".npy", ".npz"):
+        shapes = array_shapes(path)
+        if None in shapes:
+            if len(specs) != 1:
+                raise InputError(f"{flag} {path}: a .npy file feeds one input, the model has {len(specs)}",
+                                 hint="use a .npz with one array per input name")
+            shapes = {specs[0].name: shapes[None]}
+        missing = [s.name for s in specs if s.name not in shapes]
+        if missing:
+            raise InputError(f"{flag} {path}: no array for input(s) {', '.join(missing)}; it has "
+                             f"{', '.join(str(k) for k in shapes) or 'none'}",
+                             hint="name each array after the model input it feeds")
+        for spec in specs:
+            if len(shapes[spec.name]) != len(spec.shape):
+                raise InputError(f"{flag} {path}: array '{spec.name}' has shape {shapes[spec.name]}, input "
+                                 f"{spec.text()} needs {len(spec.shape)} dims")
+        return
+    if len(specs) != 1:
+        raise InputError(f"{flag} {path}: image data feeds a model with one input, this one has {len(specs)}",
+                         hint="give a .npz with one array per input name")
+    if len(specs[0].shape) != 4:
+        raise InputError(f"{flag} {path}: image data needs a 4-D input (N,C,H,W or N,H,W,C), not {specs[0].text()}",
+                         hint="give .npy/.npz arrays instead")
+    list_images(path)
 
 
 def load_data(path: Path, specs: list[TensorSpec], pre: ImagePreprocess | None = None,
