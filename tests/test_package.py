@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from convcli.deploy.triton import check_model
+from convcli.deploy.triton import base_name, check_model, model_name
 from convcli.deploy.triton_schema import enum_name, model_config_class
 from tests.conftest import FAST, Cli
 from tests.models.catalogue import DIGITS
@@ -140,6 +140,24 @@ def test_static_batch_model_gets_no_max_batch_size(cli: Cli, tmp_path: Path) -> 
     assert config_io(model_dir) == runtime_io(model_dir, 1)
     assert (model_dir / "warmup" / "x").stat().st_size == 2 * 64 * 4
 
+    # the same model name over a dynamic-batch version 1: one config serves every loaded version, so serving both
+    # is refused (exit 3, nothing moved in); serving only the newest is fine
+    dynamic = tmp_path / "dynamic"
+    digits(cli, dynamic, "onnx")
+    repo2 = tmp_path / "repo2"
+    assert cli("package", dynamic, "--triton", repo2, "--name", "fixed").exit_code == 0
+    before = sorted(p.name for p in (repo2 / "fixed_onnx_fp32").iterdir())
+    config_before = (repo2 / "fixed_onnx_fp32" / "config.pbtxt").read_text()
+    r = cli("package", out, "--triton", repo2, "--name", "fixed", "--version-policy", "all")
+    assert r.exit_code == 3, r.output
+    assert "fixed_onnx_fp32: input[0] 'x' dims are [2, 1, 8, 8] but version 1 model.onnx declares [-1, 1, 8, 8]" \
+        in r.output
+    assert sorted(p.name for p in (repo2 / "fixed_onnx_fp32").iterdir()) == before
+    assert (repo2 / "fixed_onnx_fp32" / "config.pbtxt").read_text() == config_before
+    r = cli("package", out, "--triton", repo2, "--name", "fixed")
+    assert r.exit_code == 0, r.output
+    assert parse(repo2 / "fixed_onnx_fp32").max_batch_size == 0 and (repo2 / "fixed_onnx_fp32" / "2").is_dir()
+
 
 def test_checker_names_the_model_and_field_of_a_mismatch(cli: Cli, run_dir: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
@@ -213,3 +231,14 @@ package: {{triton: repo, version_policy: "specific:1", dynamic_batching: true}}
         assert config_io(model_dir) == runtime_io(model_dir, 1)
         assert "accuracy: " in (model_dir / "README.md").read_text()
     assert json.loads((tmp_path / "out" / "report.json").read_text())["exit_code"] == 0
+
+
+@pytest.mark.parametrize(("name", "model", "expected"), [
+    (None, "/x/recipes/models/digits_cnn.py:build", "digits_cnn_onnx_fp32"),
+    (None, "torchvision.models:resnet18", "models_onnx_fp32"),
+    (None, "exports/model.v2.onnx", "model_v2_onnx_fp32"),
+    ("my net", "whatever.onnx", "my_net_onnx_fp32"),
+])
+def test_model_names(name: str | None, model: str, expected: str) -> None:
+    assert model_name(base_name(name, model), "onnx-fp32") == expected
+    assert model_name("m", "onnx-fp32@OnnxFromPytorch") == "m_onnx_fp32_OnnxFromPytorch"

@@ -275,51 +275,78 @@ def parse_config(path: Path) -> Any:
         raise ConversionError(f"{path}: not a valid Triton model config: {exc}") from None
 
 
-def check_model(model_dir: Path, version: int | None = None, name: str | None = None) -> list[str]:
-    """Problems of one Triton model folder (empty: none): config.pbtxt parses against Triton's schema, and every
-    input/output name, data type and shape in it is what the model file of ``version`` (default: the highest)
-    declares when its runtime loads it. Each problem names the model and the field."""
+def served_versions(config: Any, available: list[int]) -> list[int]:
+    """The versions Triton loads under ``config.version_policy`` among ``available`` (Triton's default: latest 1)."""
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return sorted(available)
+    if which == "specific":
+        return sorted(v for v in available if v in set(policy.specific.versions))
+    count = policy.latest.num_versions if which == "latest" else 1
+    return sorted(available)[-max(count, 1):]
+
+
+def check_model(model_dir: Path, name: str | None = None, versions: dict[int, Path] | None = None) -> list[str]:
+    """Problems of one Triton model folder (empty: none): config.pbtxt parses against Triton's schema, its
+    version_policy serves at least one version, and every input/output name, data type and shape in it is what the
+    model file of every served version declares when its runtime loads it; warm-up files have the size their dims
+    need. ``versions`` adds version folders kept elsewhere (version -> folder). Each problem names the model and
+    the field."""
     model = name or model_dir.name
     config = parse_config(model_dir / CONFIG)
     fmt = next((f for f, b in BACKENDS.items() if b.backend == config.backend or
                 (b.platform and b.platform == config.platform)), None)
     if fmt is None:
         return [f"{model}: platform '{config.platform}' / backend '{config.backend}' is not one convcli writes"]
-    if version is None:
-        numbers = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-        if not numbers:
-            return [f"{model}: no version folder"]
-        version = max(numbers)
-    file = model_dir / str(version) / (config.default_model_filename or BACKENDS[fmt].filename)
-    if not file.is_file():
-        return [f"{model}: version {version} has no {file.name}"]
-    declared = RUNTIMES[fmt](file)
+    folders = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+    folders.update(versions or {})
+    served = served_versions(config, list(folders))
+    if not served:
+        return [f"{model}: version_policy serves none of the versions here ({sorted(folders) or 'none'})"]
     problems = []
     if config.name != model:
         problems.append(f"{model}: name is '{config.name}', the folder is '{model}'")
-    batched = config.max_batch_size > 0
-    if batched and not batch_dimension(declared):
-        problems.append(f"{model}: max_batch_size is {config.max_batch_size} but {file.name} has no dynamic batch "
-                        f"dimension on every input and output")
+    for version in served:
+        file = folders[version] / (config.default_model_filename or BACKENDS[fmt].filename)
+        if not file.is_file():
+            problems.append(f"{model}: version {version} has no {file.name}")
+            continue
+        problems += _compare_io(model, config, RUNTIMES[fmt](file), f"version {version} {file.name}")
+    problems += _check_warmup(model_dir, model, config)
+    return problems
+
+
+def _compare_io(model: str, config: Any, declared: ModelIO, file: str) -> list[str]:
     from convcli.deploy.triton_schema import enum_name
 
-    def dtype_name(value: int) -> str:
-        return enum_name("DataType", value)
-
+    problems = []
+    batched = config.max_batch_size > 0
+    if batched and not batch_dimension(declared):
+        problems.append(f"{model}: max_batch_size is {config.max_batch_size} but {file} has no dynamic batch "
+                        f"dimension on every input and output")
     for field_name, tensors in (("input", declared.inputs), ("output", declared.outputs)):
         entries = list(getattr(config, field_name))
         if [e.name for e in entries] != [t.name for t in tensors]:
-            problems.append(f"{model}: {field_name} names are {[e.name for e in entries]} but {file.name} declares "
+            problems.append(f"{model}: {field_name} names are {[e.name for e in entries]} but {file} declares "
                             f"{[t.name for t in tensors]}")
             continue
         for i, (e, t) in enumerate(zip(entries, tensors, strict=True)):
-            if dtype_name(e.data_type) != t.data_type:
-                problems.append(f"{model}: {field_name}[{i}] '{e.name}' data_type is {dtype_name(e.data_type)} but "
-                                f"{file.name} declares {t.data_type}")
+            data_type = enum_name("DataType", e.data_type)
+            if data_type != t.data_type:
+                problems.append(f"{model}: {field_name}[{i}] '{e.name}' data_type is {data_type} but {file} "
+                                f"declares {t.data_type}")
             dims = ((-1,) if batched else ()) + tuple(e.dims)
             if dims != t.dims:
                 problems.append(f"{model}: {field_name}[{i}] '{e.name}' dims are {list(e.dims)}"
-                                f"{' (plus the batch)' if batched else ''} but {file.name} declares {list(t.dims)}")
+                                f"{' (plus the batch)' if batched else ''} but {file} declares {list(t.dims)}")
+    return problems
+
+
+def _check_warmup(model_dir: Path, model: str, config: Any) -> list[str]:
+    from convcli.deploy.triton_schema import enum_name
+
+    problems = []
     for w in config.model_warmup:
         for input_name, entry in w.inputs.items():
             data = model_dir / "warmup" / entry.input_data_file
@@ -329,7 +356,7 @@ def check_model(model_dir: Path, version: int | None = None, name: str | None = 
             count = 1
             for d in entry.dims:
                 count *= d
-            item = _itemsize(dtype_name(entry.data_type))
+            item = _itemsize(enum_name("DataType", entry.data_type))
             expected = count * max(w.batch_size, 1) * item
             if item and data.stat().st_size != expected:
                 problems.append(f"{model}: model_warmup '{w.name}' input '{input_name}' file has "
@@ -352,6 +379,7 @@ def check_repository(repo: Path) -> dict[str, list[str]]:
 # ---- the package run --------------------------------------------------------------------------------------------
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+MODEL_SUFFIXES = (".py", ".onnx", ".pt", ".pth", ".pt2", ".keras", ".h5", ".pb", ".safetensors")
 
 
 def model_name(base: str, artifact_id: str) -> str:
@@ -359,12 +387,14 @@ def model_name(base: str, artifact_id: str) -> str:
     return _SAFE.sub("_", f"{base}_{artifact_id.replace('-', '_')}").strip("_")
 
 
-def base_name(report: Report, manifest: dict[str, Any], override: str | None) -> str:
-    name = override or report.name
+def base_name(name: str | None, model: str) -> str:
+    """The model name prefix: ``name`` (--name, or the recipe's name), else the source's file or module name
+    (``models/digits_cnn.py:build`` -> digits_cnn, ``pkg.nets:resnet`` -> nets, ``model.onnx`` -> model)."""
     if not name:
-        model = str(manifest.get("job", {}).get("source", {}).get("model") or report.source.spec)
-        file_part = model.rsplit(":", 1)[0] if ":" in model and not re.match(r"^[A-Za-z]:\\", model) else model
-        name = Path(file_part).stem if "/" in file_part or "." in file_part else file_part.rsplit(".", 1)[-1]
+        file_part = model.rsplit(":", 1)[0] if ":" in model else model
+        path = Path(file_part)
+        is_file = "/" in file_part or path.suffix.lower() in MODEL_SUFFIXES
+        name = path.stem if is_file else file_part.rsplit(".", 1)[-1]  # package.module:factory -> module
     return _SAFE.sub("_", name).strip("_") or "model"
 
 
@@ -482,7 +512,8 @@ def package(outdir: Path, spec: PackageSpec, on_model: Callable[[str], None] | N
         why = "; ".join(f"{i}: {r}" for i, r in result.skipped) or "the report lists no artifacts"
         raise InputError(f"{folder / 'report.json'} has no passed artifact Triton can serve ({why})",
                          hint="package a run whose onnx, openvino or tensorrt artifacts passed")
-    base = base_name(report, manifest, spec.name)
+    base = base_name(spec.name or report.name,
+                     str(manifest.get("job", {}).get("source", {}).get("model") or report.source.spec))
     sources = {row.id: _artifact_files(folder, row) for row in rows}
     for row in rows:
         model_dir = repo / model_name(base, row.id)
@@ -494,7 +525,8 @@ def package(outdir: Path, spec: PackageSpec, on_model: Callable[[str], None] | N
         for row in rows:
             staged.append(_stage(row, sources[row.id], repo, base, report, manifest, spec))
         for s in staged:
-            problems = check_model(s.staging, s.version, s.name)
+            older = {int(p.name): p for p in s.model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+            problems = check_model(s.staging, s.name, older)
             if problems:
                 raise ConversionError(f"triton config check failed: {'; '.join(problems)}")
     except BaseException:
