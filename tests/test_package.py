@@ -242,3 +242,8 @@ package: {{triton: repo, version_policy: "specific:1", dynamic_batching: true}}
 def test_model_names(name: str | None, model: str, expected: str) -> None:
     assert model_name(base_name(name, model), "onnx-fp32") == expected
     assert model_name("m", "onnx-fp32@OnnxFromPytorch") == "m_onnx_fp32_OnnxFromPytorch"
+
+
+def test_help_has_an_example(cli: Cli) -> None:
+    res = cli("package", "--help")
+    assert res.exit_code == 0 and "Example" in res.output and "--triton" in res.output

@@ -30,6 +30,7 @@ from typing import Any
 
 from convcli.core.errors import ConversionError, InputError
 from convcli.core.fsutil import sha256_file
+from convcli.core.lazy import is_installed
 from convcli.recipes.schema import PackageSpec, parse_version_policy
 from convcli.reports.model import ArtifactReport, Report
 
@@ -506,6 +507,9 @@ def package(outdir: Path, spec: PackageSpec, on_model: Callable[[str], None] | N
             result.skipped.append((row.id, NOT_SERVED[row.format]))
         elif row.format not in BACKENDS:
             result.skipped.append((row.id, f"Triton has no backend for {row.format}"))
+        elif row.format == "tensorrt" and not is_installed("tensorrt"):
+            result.skipped.append((row.id, "tensorrt is not installed here to read the engine's inputs and outputs "
+                                           "(package on the machine that built it)"))
         else:
             rows.append(row)
     if not rows:
