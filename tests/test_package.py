@@ -148,6 +148,10 @@ def test_static_batch_model_gets_no_max_batch_size(cli: Cli, tmp_path: Path) -> 
     assert cli("package", dynamic, "--triton", repo2, "--name", "fixed").exit_code == 0
     before = sorted(p.name for p in (repo2 / "fixed_onnx_fp32").iterdir())
     config_before = (repo2 / "fixed_onnx_fp32" / "config.pbtxt").read_text()
+    r = cli("package", out, "--triton", tmp_path / "new" / "repo3", "--name", "fixed", "--version-policy",
+            "specific:5")
+    assert r.exit_code == 3 and "version_policy serves none" in r.output, r.output
+    assert not (tmp_path / "new").exists()
     r = cli("package", out, "--triton", repo2, "--name", "fixed", "--version-policy", "all")
     assert r.exit_code == 3, r.output
     assert "fixed_onnx_fp32: input[0] 'x' dims are [2, 1, 8, 8] but version 1 model.onnx declares [-1, 1, 8, 8]" \

@@ -523,6 +523,7 @@ def package(outdir: Path, spec: PackageSpec, on_model: Callable[[str], None] | N
         model_dir = repo / model_name(base, row.id)
         if model_dir.exists() and not model_dir.is_dir():
             raise InputError(f"{model_dir} is a file", hint="remove it or package under another --name")
+    created_dirs = [p for p in [repo, *repo.parents] if not p.exists()]  # deepest first, removed if left empty
     repo.mkdir(parents=True, exist_ok=True)
     staged: list[_Staged] = []
     try:
@@ -538,6 +539,9 @@ def package(outdir: Path, spec: PackageSpec, on_model: Callable[[str], None] | N
             shutil.rmtree(s.staging, ignore_errors=True)
             if s.created_dir and s.model_dir.is_dir() and not any(s.model_dir.iterdir()):
                 s.model_dir.rmdir()
+        for p in created_dirs:
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
         raise
     for s in staged:
         _commit(s)
