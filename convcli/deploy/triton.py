@@ -485,7 +485,7 @@ class _Staged:
     result: PackagedModel
 
 
-def package(outdir: Path, spec: PackageSpec, on_model: Callable[[str], None] | None = None) -> PackageResult:
+def package(outdir: Path, spec: PackageSpec) -> PackageResult:
     """Write the passed artifacts of the run in ``outdir`` into the Triton repository ``spec.triton``.
 
     Raises InputError (exit 2, nothing written) when the run has no report, manifest or passed artifact, or the
@@ -546,8 +546,6 @@ def package(outdir: Path, spec: PackageSpec, on_model: Callable[[str], None] | N
     for s in staged:
         _commit(s)
         result.models.append(s.result)
-        if on_model:
-            on_model(s.name)
     return result
 
 
