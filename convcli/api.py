@@ -291,8 +291,8 @@ def _source(model: ModelArg, weights: PathLike | None) -> Iterator[tuple[str, st
     try:
         with hold(model, kind) as (token, digest):
             note = None if digest is not None else (
-                f"{type(model).__qualname__}: the code of one of its classes cannot be read (inspect.getsource), "
-                "so no cache key can tell its versions apart; this job ran without the cache")
+                f"{type(model).__qualname__}: a class in it has a method that is no function (e.g. a "
+                "functools.partial), so no cache key can tell its versions apart; this job ran without the cache")
             yield token, note
     finally:
         if isinstance(training, bool):

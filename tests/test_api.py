@@ -3,6 +3,7 @@ cache keys of in-memory models, and raise_on_failure."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -88,15 +89,41 @@ def test_digest_follows_weights_attributes_and_code() -> None:
     assert torch_digest(with_buffer) != base
 
 
-def test_a_class_without_readable_code_runs_without_the_cache(tmp_path: Path) -> None:
-    made = type("MadeAtRunTime", (nn.Module,), {"forward": lambda self, x: self.fc(x)})
+NOTEBOOK_CELL = """
+import torch
+from torch import nn
+
+class CellNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(x) * FACTOR
+"""
+
+
+def cell_model(factor: str) -> nn.Module:
+    """A class defined the way a notebook cell defines it: inspect.getsource cannot read it."""
+    namespace: dict[str, object] = {"__name__": "__cell__"}
+    exec(compile(NOTEBOOK_CELL.replace("FACTOR", factor), "<cell>", "exec"), namespace)
+    torch.manual_seed(0)
+    return namespace["CellNet"]()  # type: ignore[operator]
+
+
+def test_a_class_without_readable_source_is_keyed_by_its_code() -> None:
+    assert torch_digest(cell_model("2.0")) == torch_digest(cell_model("2.0")) is not None
+    assert torch_digest(cell_model("3.0")) != torch_digest(cell_model("2.0"))
+
+
+def test_a_class_that_cannot_be_keyed_runs_without_the_cache(tmp_path: Path) -> None:
+    made = type("MadeAtRunTime", (nn.Module,), {"forward": functools.partial(torch.relu)})
     model = made()
-    model.fc = nn.Linear(8, 2)
     assert torch_digest(model) is None
     with pytest.warns(UserWarning, match="ran without the cache"):
         report = convcli.convert(model, X, output=tmp_path / "out", **FAST)
     assert report.passed
-    assert report.cache["enabled"] is False and "inspect.getsource" in report.cache["note"]
+    assert report.cache["enabled"] is False and "functools.partial" in report.cache["note"]
     assert json.loads((tmp_path / "out" / "report.json").read_text())["cache"]["note"] == report.cache["note"]
 
 

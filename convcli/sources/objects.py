@@ -21,6 +21,7 @@ import inspect
 import shutil
 import sys
 import tempfile
+import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,23 +97,55 @@ def _held(spec: str) -> Held:
 
 
 def _class_code(classes: list[type]) -> list[str] | None:
-    """Qualified name and source of each class not from a library (whose version keys it); None when one's
-    source cannot be read."""
-    parts = []
-    for cls in dict.fromkeys(classes):
+    """Qualified name and code of each class not from a library (whose version keys it), with its user-defined
+    bases; None when some code cannot be read."""
+    parts: list[str] = []
+    wanted = [k for cls in classes for k in cls.__mro__ if k.__module__.split(".")[0] not in (*_LIBRARIES, "builtins")]
+    for cls in dict.fromkeys(wanted):
         parts.append(f"{cls.__module__}.{cls.__qualname__}")
-        if cls.__module__.split(".")[0] in _LIBRARIES:
-            continue
         try:
             parts.append(inspect.getsource(cls))
         except (OSError, TypeError):
-            return None
+            # Classes defined in a notebook cell or by exec/type(): their methods' code instead.
+            members = _members_code(cls)
+            if members is None:
+                return None
+            parts.extend(members)
+            continue
         with contextlib.suppress(OSError, TypeError):
             # The rest of the file too: forward() may call helpers defined beside the class.
             file = inspect.getsourcefile(cls)
             if file and Path(file).is_file():
                 parts.append(hashlib.sha256(Path(file).read_bytes()).hexdigest())
     return parts
+
+
+def _members_code(cls: type) -> list[str] | None:
+    """The source (or, when unreadable, the bytecode) of a class's functions and its plain class attributes; None
+    when a member is callable but no function (a functools.partial, a builtin): its behaviour cannot be keyed."""
+    parts = []
+    for name, value in sorted(vars(cls).items()):
+        fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        fn = fn.fget if isinstance(fn, property) else fn
+        if isinstance(fn, types.FunctionType):
+            try:
+                parts.append(f"{name}:{inspect.getsource(fn)}")
+            except (OSError, TypeError):
+                parts.append(f"{name}:{_code_digest(fn.__code__)}")
+        elif _plain(value):
+            parts.append(f"{name}={value!r}")
+        elif callable(value) and not isinstance(value, type):
+            return None
+    return parts
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A code object's content (bytecode, names, constants, nested code), without its file name or line numbers,
+    which change with where it was compiled."""
+    consts = [_code_digest(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    text = repr((code.co_code, code.co_names, code.co_varnames, code.co_freevars, code.co_argcount,
+                 code.co_kwonlyargcount, consts))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _plain(value: Any) -> bool:
