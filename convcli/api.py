@@ -179,6 +179,7 @@ def convert(
         options: ``{"OnnxFromPytorch": {"opset": 18}, "openvino": {...}}`` or the CLI's ``"STEP.KEY=VALUE"``.
         outputs: declared output kinds, ``{"output": "embedding"}`` (``--output-kind``).
         tolerances, gates: the recipe's ``tolerances`` (per precision) and ``gates`` mappings.
+        reports: also write report.md / report.html / report.junit.xml: any of "md", "html", "junit".
         latency: False is ``--no-latency``. ``batch``, ``runs``, ``warmup``, ``max_seconds``, ``threads``: timing.
         raise_on_failure: raise ``GateFailed`` (exit code 1) or ``ConversionFailed`` (3) carrying the report
             instead of returning it.
@@ -207,6 +208,10 @@ def convert(
         result.report.cache["note"] = note
         atomic_write_text(result.output / "report.json", result.report.to_json() + "\n")
         warnings.warn(f"convcli: {note}", stacklevel=2)
+    if spec.reports:
+        from convcli.reports.render import write_reports
+
+        write_reports(result.report, result.output, spec.reports)
     report = JobReport.of(result.report, result.output, {}, result.tracebacks)
     return _judged(report, raise_on_failure)
 

@@ -40,8 +40,12 @@ def tiny(seed: int = 0) -> Tiny:
 def test_in_memory_module_converts_and_checks(tmp_path: Path) -> None:
     model = tiny()
     model.train()
-    report = convcli.convert(model, X, to="onnx", output=tmp_path / "out", **FAST)
+    report = convcli.convert(model, X, to="onnx", output=tmp_path / "out", options={"OnnxFromPytorch": {"opset": 18}},
+                             outputs={"output": "embedding"}, reports=["md"], **FAST)
     assert isinstance(report, convcli.JobReport)
+    assert report.steps[0].name == "OnnxFromPytorch" and report.steps[0].options["opset"] == 18
+    assert report["onnx-fp32"].parity.outputs[0].kind == "embedding"  # type: ignore[union-attr]
+    assert (tmp_path / "out" / "report.md").is_file()
     assert report.passed and report.exit_code == 0
     row = report["onnx-fp32"]
     assert row.status == "passed" and row.file is not None and row.file.is_absolute() and row.file.is_file()
