@@ -7,6 +7,7 @@ import functools
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from torch import nn
 
 import convcli
 from convcli.core.errors import ConversionFailed, GateFailed, InputError
-from convcli.sources.objects import torch_digest
+from convcli.sources.objects import keras_digest, torch_digest
 from tests.models.catalogue import BRANCHY, DIGITS, HERE, ROOT
 
 FAST = {"latency": False, "samples": 4, "threads": 2}
@@ -207,3 +208,29 @@ def test_import_convcli_stays_light() -> None:
             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorflow', 'openvino') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_in_memory_keras_model_converts_and_its_weights_key_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorflow")
+    import numpy as np
+
+    from convcli.sources.tf_sources import import_tensorflow
+
+    import_tensorflow()  # triton before TensorFlow: later torch exports in this process must not crash
+    import keras
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the model's .keras file is saved for the call
+
+    inp = keras.Input((8,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(4)(inp))
+    report = convcli.convert(model, to="onnx", output=tmp_path / "a", **FAST)
+    assert report.passed, report.problems()
+    assert report.source.spec.startswith("<in-memory keras Functional ") and report["onnx-fp32"].file.is_file()  # type: ignore[union-attr]
+    assert list(scratch.iterdir()) == [], "the temporary .keras file is removed after the call"
+    before = keras_digest(model)
+    assert before is not None and report.source.spec.endswith(f" {before[:16]}>")
+    model.layers[-1].kernel.assign(np.full((8, 4), 0.5, "float32"))
+    assert keras_digest(model) != before
