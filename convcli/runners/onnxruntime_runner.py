@@ -48,8 +48,8 @@ class OrtSession(Session):
         self.description = f"ONNX Runtime {ort.__version__} CPU, {threads} threads"
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        cast = {k: np.ascontiguousarray(v.astype(self.inputs[k], copy=False)) for k, v in feed.items()
-                if k in self.inputs}
+        cast: dict[str, np.ndarray] = {k: np.ascontiguousarray(v.astype(self.inputs[k], copy=False))
+                                       for k, v in feed.items() if k in self.inputs}
         missing = set(self.inputs) - set(cast)
         if missing:
             raise ConversionError(f"ONNX model needs input(s) {', '.join(sorted(missing))} the source does not have")
@@ -123,9 +123,9 @@ def onnx_intermediates(path: Path, feed: dict[str, np.ndarray], threads: int, wa
         names = [o.name for o in session.get_outputs()]
         parts = []
         for i in range(0, max(n, 1), step):
-            cast = {k: np.ascontiguousarray(feed[k][i : i + step].astype(types[k], copy=False))
+            part: dict[str, np.ndarray] = {k: np.ascontiguousarray(feed[k][i : i + step].astype(types[k], copy=False))
                     for k in types if k in feed}
-            parts.append(dict(zip(names, session.run(None, cast), strict=True)))
+            parts.append(dict(zip(names, session.run(None, part), strict=True)))
     for name in extra:
         arr = np.concatenate([np.asarray(p[name]) for p in parts], axis=0) if len(parts) > 1 else parts[0][name]
         result.tensors[name] = np.asarray(arr).astype(np.float32, copy=False)
