@@ -78,6 +78,7 @@ class Evaluation:
         self._got: dict[str, list[np.ndarray]] = {}
         self.repro_root: Path | None = None  # where rows' divergence/ folders go (OUTDIR or its staging folder)
         self.reference_export: ReferenceExport | None = None  # check/debug: the source exported on demand
+        self.diagnose_all = False  # debug: every measured row, not only those failing parity
 
     def _begin(self, label: str) -> None:
         if self.progress:
@@ -208,6 +209,9 @@ class Evaluation:
             result = locate(LocateRequest(
                 self.registry, self.source.get(), artifact, reference, feed, samples, self.settings.threads,
                 artifact.precision, self.spec.divergence_budget, repro, f"{row.id}/divergence/"))
+            if result.status == "not_found" and row.status == "failed":
+                result.message += ("; the outputs still fail: the drift is in tensors that could not be matched, "
+                                   "or small everywhere and only over the output tolerance")
             int8 = artifact.details.get("int8")
             if isinstance(int8, dict) and isinstance(int8.get("sensitivity"), list):
                 result.quantization_sensitivity = jsonable(int8["sensitivity"])[:10]
@@ -304,8 +308,9 @@ class Evaluation:
         by_id = {e.id: e for e in entries}
         for row in rows:
             entry = by_id.get(row.id)
-            if (entry is not None and isinstance(entry.artifact, Artifact) and self.spec.divergence_budget > 0
-                    and fails_parity(row)):
+            if entry is None or not isinstance(entry.artifact, Artifact) or self.spec.divergence_budget <= 0:
+                continue
+            if fails_parity(row) or (self.diagnose_all and row.status in ("passed", "failed")):
                 row.divergence = self.diagnose(row, entry, entry.artifact)
         passed = [r for r in rows if r.status == "passed" and r.latency_ms]
         fastest = min(passed, key=lambda r: r.latency_ms.p50).id if passed else None  # type: ignore[union-attr]

@@ -151,9 +151,11 @@ def require_calibration(the_plan: Plan, spec: JobSpec, inputs: list[TensorSpec] 
 
 
 def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None = None,
-                    progress: ProgressSink | None = None, command: str = "", debug: bool = False) -> Report:
+                    progress: ProgressSink | None = None, command: str = "", debug: bool = False,
+                    diagnose_all: bool = False) -> Report:
     """Parity/accuracy/latency of artifacts that already exist (``convcli check``). Nothing is converted or
-    cached; the report is written to ``spec.output``."""
+    cached; the report is written to ``spec.output``. ``diagnose_all`` (``convcli debug``): locate the divergence
+    of every measured row, not only of those that fail parity."""
     registry = registry or default_registry()
     cache = Cache(Path(tempfile.gettempdir()), enabled=False)
     loader = find_loader(registry, spec)
@@ -183,6 +185,7 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
                             artifact_src.output_names)
     evaluation.repro_root = spec.output
     evaluation.reference_export = ReferenceExport(registry, artifact_src, threads)
+    evaluation.diagnose_all = diagnose_all
     try:
         report = evaluation.report(entries, [], "")
     finally:

@@ -260,9 +260,8 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
     if first_err is None:
         return Divergence(status="not_found", seconds=_since(start), path=compared, ranked=ranked,
                           message=(f"no compared tensor exceeds the {req.precision} intermediate tolerance "
-                                   f"(rel {tol.rel:g}, cosine {tol.min_cosine:g}) on {len(compared)} tensors; "
-                                   "the drift is in tensors that could not be matched, or only in the outputs' "
-                                   "judging"), **base)
+                                   f"(rel {tol.rel:g}, cosine {tol.min_cosine:g}) on {len(compared)} tensors"),
+                          **base)
     node = graph.producer.get(first_err.tensor)
     inputs = [errors[i] for i in (node.inputs if node else []) if i in errors]
     files = write_repro(req, graph, first_err, ref_vals, notes) if req.repro_dir is not None else []
