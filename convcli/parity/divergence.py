@@ -245,7 +245,7 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
             break
     compared = sorted(errors.values(), key=lambda e: e.index)
     base.update(reference_values=notes.get("reference_values"), compared=len(compared),
-                unmatched=sum(v for k, v in unmatched.items() if not k.startswith("not captured")),
+                unmatched=sum(unmatched.values()),
                 unmatched_reasons=unmatched, rounds=rounds, budget_exhausted=exhausted)
     if not compared:
         n = base["unmatched"]
