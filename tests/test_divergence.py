@@ -167,7 +167,7 @@ targets: [{{format: onnx}}, {{format: openvino}}]
 data: {{samples: 8}}
 latency: {{enabled: false, threads: 2}}
 gates: {{max_abs_err: 1.0e-12}}
-reports: [md, html]
+reports: [md, html, junit]
 output: {tmp_path / "out"}
 """)
     res = cli("run", recipe, "--no-cache")
@@ -180,6 +180,7 @@ output: {tmp_path / "out"}
     md = (tmp_path / "out" / "report.md").read_text()
     html = (tmp_path / "out" / "report.html").read_text()
     assert "### Where parity fails" in md and "Where parity fails" in html and "error per layer" in html
+    assert "divergence: no compared tensor exceeds" in (tmp_path / "out" / "report.junit.xml").read_text()
 
 
 def test_bisection_narrows_to_the_same_node(built: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
