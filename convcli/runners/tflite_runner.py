@@ -21,7 +21,10 @@ LiteRT is the standalone interpreter package: it does not import TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ import numpy as np
 
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError
+from convcli.core.intermediates import Intermediates, TensorInfo
 from convcli.core.lazy import package_version, require
 from convcli.core.quiet import captured_fd2
 from convcli.core.registry import Registry
@@ -37,6 +41,9 @@ from convcli.core.runner import Runner, Session
 
 CHANNEL_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
 CHANNEL_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
+# Beside a .tflite made by onnx2tf (model.tflite -> model.onnx2tf-names.json): which Keras layer computes each
+# ONNX tensor, written by the converter's child process. TFLite tensors are named after those layers.
+LAYER_MAP_SUFFIX = ".onnx2tf-names.json"
 
 
 def to_channel_last(shape: Sequence[int]) -> tuple[int, ...]:
@@ -162,12 +169,15 @@ class TfliteSession(Session):
     uses them to try the layouts that shapes alone cannot tell apart)."""
 
     def __init__(self, artifact: Artifact, threads: int, input_layouts: dict[str, str] | None = None,
-                 output_layouts: dict[str, str] | None = None) -> None:
+                 output_layouts: dict[str, str] | None = None, keep_all_tensors: bool = False) -> None:
         litert = require("ai_edge_litert.interpreter", "running TFLite models")
         assert artifact.path is not None
-        with captured_fd2() as said:
+        with captured_fd2() as said, warnings.catch_warnings():
+            # LiteRT warns that keeping every tensor costs memory: that is what intermediates ask for.
+            warnings.simplefilter("ignore", UserWarning)
             try:
-                self.interpreter = litert.Interpreter(model_path=str(artifact.path), num_threads=threads)
+                self.interpreter = litert.Interpreter(model_path=str(artifact.path), num_threads=threads,
+                                                      experimental_preserve_all_tensors=keep_all_tensors)
                 self.interpreter.allocate_tensors()
                 failure = None
             except Exception as exc:
@@ -244,6 +254,166 @@ class TfliteSession(Session):
         self.interpreter = None
 
 
+def layer_map(path: Path) -> list[tuple[str, str, list[int] | None]]:
+    """(ONNX tensor, Keras layer, ONNX shape) rows onnx2tf's conversion recorded beside ``path``, in ONNX
+    topological order; empty when there is no such file (a .tflite not made by convcli's onnx2tf step)."""
+    sidecar = path.with_suffix(LAYER_MAP_SUFFIX)
+    if not sidecar.is_file():
+        return []
+    rows = json.loads(sidecar.read_text()).get("onnx2tf_layers") or []
+    return [(str(r[0]), str(r[1]), list(r[2]) if r[2] else None) for r in rows]
+
+
+def reference_graph(reference: Path | None) -> tuple[list[str], dict[str, list[int] | None]]:
+    """Tensor names of the reference ONNX graph in topological order (inputs, then node outputs) and their
+    shapes where shape inference knows them (-1 for a dynamic dim)."""
+    if reference is None:
+        return [], {}
+    onnx = require("onnx", "matching TFLite tensors to the reference ONNX graph")
+    model = onnx.load(str(reference), load_external_data=False)
+    with contextlib.suppress(Exception):  # shapes are a check on the match, not required for it
+        model = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int] | None] = {}
+    for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims] if dims else None
+    names = [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output if o]
+    return names, shapes
+
+
+def tensor_layout(ref_shape: list[int] | None, shape: Sequence[int], prefer_channel_last: bool) -> str | None:
+    """How a TFLite tensor of ``shape`` holds a reference tensor of ``ref_shape``: "same", a channel-last
+    layout name (to transpose back), or None when neither fits. Batch and unknown (-1) dims are not compared;
+    when both fit (e.g. 1x8x8x8), ``prefer_channel_last`` decides (onnx2tf keeps 3-5-D activations channel-last,
+    TensorFlow's own converter keeps TensorFlow's layout)."""
+    tfl = [int(d) for d in shape]
+    if ref_shape is None:
+        return "same" if len(tfl) not in CHANNEL_LAST or not prefer_channel_last else CHANNEL_LAST[len(tfl)]
+    if len(ref_shape) != len(tfl):
+        return None
+
+    def fits(a: Sequence[int], b: Sequence[int]) -> bool:
+        return all(x == y or x < 0 for x, y in zip(a[1:], b[1:], strict=True))
+
+    same = fits(ref_shape, tfl)
+    last = len(tfl) in CHANNEL_LAST and fits(to_channel_last(ref_shape), tfl)
+    if same and last:
+        return CHANNEL_LAST[len(tfl)] if prefer_channel_last else "same"
+    return "same" if same else CHANNEL_LAST[len(tfl)] if last else None
+
+
+def _name_parts(name: str) -> list[str]:
+    """The TF names a TFLite tensor name is made of: converters join the names of fused ops with ';'."""
+    return [p for p in name.split(";") if p]
+
+
+def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | None]], ref_names: list[str],
+                  ref_shapes: dict[str, list[int] | None], outputs: dict[str, dict[str, Any]]
+                  ) -> tuple[dict[int, tuple[str, str]], list[int], dict[str, int]]:
+    """Which reference ONNX tensor each computed TFLite tensor holds.
+
+    Candidates for a tensor: through onnx2tf's layer map, every ONNX tensor computed by a Keras layer named in
+    the tensor's name (a '/'-separated segment of any ';'-joined part); without one, reference names equal to a
+    part (with or without ':0', as tf2onnx writes TensorFlow names). A fused tensor (Conv+Add+Relu in one op)
+    holds the *latest* of its candidates in the reference order; the others are counted as fused. The model's
+    outputs match through the signature (``outputs``: reference output name -> tensor details). Two tensors
+    holding one ONNX tensor: the later in execution order wins (it is the value the graph goes on with).
+
+    Returns tensor index -> (reference name, layout), the computed tensors in execution order, and reason ->
+    count for the computed tensors left unmatched.
+    """
+    order: list[int] = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "DELEGATE":  # a delegate re-lists tensors the original ops already computed
+            continue
+        order += [int(i) for i in op["outputs"] if int(i) >= 0 and int(i) not in order]
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    rank = {n: i for i, n in enumerate(ref_names or [r[0] for r in layers])}
+    shapes = {**{r[0]: r[2] for r in layers}, **ref_shapes}
+    by_layer: dict[str, list[str]] = {}
+    for onnx_name, layer, _ in layers:
+        by_layer.setdefault(layer, []).append(onnx_name)
+    by_output = {int(d["index"]): name for name, d in outputs.items()}
+    found: dict[int, tuple[str, str]] = {}
+    unmatched: dict[str, int] = {}
+
+    def count(reason: str, n: int = 1) -> None:
+        unmatched[reason] = unmatched.get(reason, 0) + n
+
+    for index in order:
+        name = details[index]["name"]
+        if index in by_output:
+            candidates = [by_output[index]]
+        elif layers:
+            candidates = [o for part in _name_parts(name) for seg in part.split("/") for o in by_layer.get(seg, [])]
+        else:
+            candidates = [c for part in _name_parts(name) for c in (part, f"{part}:0") if c in rank]
+        named = list(dict.fromkeys(candidates))
+        candidates = [c for c in named if c in rank]
+        if not candidates:
+            count("not in the reference graph (renamed before conversion)" if named else
+                  "no ONNX tensor of that name (a converter-made op, e.g. a layout transpose)" if layers else
+                  "no reference tensor of that name" if rank else "no reference graph to name it")
+            continue
+        best = max(candidates, key=lambda c: rank[c])
+        layout = tensor_layout(shapes.get(best), details[index]["shape"], prefer_channel_last=bool(layers))
+        if layout is None:
+            count("shape differs from the reference tensor's")
+            continue
+        if len(candidates) > 1:
+            count("fused by the converter (an ONNX tensor computed inside a later op)", len(candidates) - 1)
+        for earlier, (ref, _) in list(found.items()):
+            if ref == best:
+                del found[earlier]
+                count("recomputed by a later op (the later value is the one compared)")
+        found[index] = (best, layout)
+    return found, order, unmatched
+
+
+def tflite_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                         wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+    """Every tensor LiteRT computes for ``feed``, named after the reference ONNX tensor it holds.
+
+    The interpreter keeps all tensors (``experimental_preserve_all_tensors``) and runs one fixed-size batch at
+    a time. Names are matched by ``match_tensors``; each matched tensor is dequantized (int8 with its scale and
+    zero point), cast to float32 and transposed back to the reference layout (NHWC -> NCHW where onnx2tf
+    moved the channels). Keys of ``tensors`` are the TFLite tensor names.
+    """
+    assert artifact.path is not None
+    session = TfliteSession(artifact, threads, keep_all_tensors=True)
+    try:
+        it = session.interpreter
+        ref_names, ref_shapes = reference_graph(reference)
+        layers = layer_map(artifact.path)
+        outputs = {name: det for name, det in session.out_map.items() if not ref_names or name in ref_names}
+        found, order, unmatched = match_tensors(it, layers, ref_names, ref_shapes, outputs)
+        keep = set(wanted) if wanted is not None else None
+        chosen = [i for i in order if i in found and (keep is None or found[i][0] in keep)]
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        ops = {int(o): op["op_name"] for op in it._get_ops_details() if op["op_name"] != "DELEGATE"
+               for o in op["outputs"]}
+        batch = session.fixed_batch or 1
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        parts = []
+        for start in range(0, max(n, 1), batch):
+            session.run({k: v[start:start + batch] for k, v in feed.items()})
+            tensors = {}
+            for i in chosen:
+                arr = dequantize(it.get_tensor(i), details[i]).astype(np.float32, copy=False)
+                if is_channel_last(found[i][1]):
+                    arr = np.transpose(arr, (0, arr.ndim - 1, *range(1, arr.ndim - 1)))
+                tensors[details[i]["name"]] = np.ascontiguousarray(arr)
+            parts.append(Intermediates(
+                tensors=tensors, order=[details[i]["name"] for i in chosen],
+                reference={details[i]["name"]: found[i][0] for i in chosen},
+                info={details[i]["name"]: TensorInfo(layer=details[i]["name"].split(";")[0], op=ops.get(i, ""))
+                      for i in chosen},
+                unmatched=dict(unmatched)))
+        return Intermediates.join(parts)
+    finally:
+        session.close()
+
+
 class LiteRtRunner(Runner):
     name = "litert"
     formats = ("tflite",)
@@ -251,6 +421,10 @@ class LiteRtRunner(Runner):
 
     def load(self, artifact: Artifact, threads: int) -> Session:
         return TfliteSession(artifact, threads)
+
+    def intermediates(self, artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                      wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+        return tflite_intermediates(artifact, feed, threads, wanted, reference)
 
 
 def register(registry: Registry) -> None:
