@@ -26,6 +26,7 @@ from convcli.core.intermediates import Intermediates, TensorInfo
 from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
+from convcli.runners.onnx_reference import ReferenceGraph, join_samples, read_reference
 
 # What ncnn Mats hold: float inputs go in as float32, integer ones (token ids) as int32 (pnnx turns
 # torch.long inputs into int; ncnn's Embed/Gather read int32).
@@ -218,30 +219,15 @@ def param_layers(path: Path) -> list[tuple[str, str, list[str], list[str], dict[
     return layers
 
 
-def _reference_nodes(reference: Path) -> tuple[list[tuple[str, list[str], str]], dict[str, list[int] | None]]:
-    """(op type, inputs, output) per node output of the reference ONNX graph in topological order, and each
-    tensor's shape at batch 1 where shape inference knows it (-1 for other dynamic dims)."""
-    onnx = require("onnx", "matching ncnn blobs to the reference ONNX graph")
-    model = onnx.load(str(reference), load_external_data=False)
-    with contextlib.suppress(Exception):  # shapes sharpen the match; without them op types still decide
-        model = onnx.shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int] | None] = {}
-    for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
-        shapes[v.name] = [1, *shape[1:]] if shape else None
-    nodes = [(n.op_type, [i for i in n.input if i], o) for n in model.graph.node for o in n.output if o]
-    return nodes, shapes
-
-
-def _size_fits(ref_shape: list[int] | None, blob_shape: tuple[int, ...] | None) -> bool:
-    if ref_shape is None or blob_shape is None or any(d < 0 for d in ref_shape):
+def _size_fits(ref_shape: list[int] | None, batch_axis: int | None, blob_shape: tuple[int, ...] | None) -> bool:
+    """Whether a blob (one sample) can hold the reference tensor: same element count at batch 1, where known."""
+    if ref_shape is None or blob_shape is None:
         return True
-    return math.prod(ref_shape) == math.prod(blob_shape)
+    dims = [1 if i == batch_axis else d for i, d in enumerate(ref_shape)]
+    return any(d < 0 for d in dims) or math.prod(dims) == math.prod(blob_shape)
 
 
-def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str]]],
-                nodes: list[tuple[str, list[str], str]], ref_shapes: dict[str, list[int] | None],
+def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str]]], ref: ReferenceGraph,
                 inputs: dict[str, str], outputs: list[tuple[str, str]],
                 blob_shapes: dict[str, tuple[int, ...]] | None = None,
                 ) -> tuple[dict[str, str], dict[str, int], dict[str, tuple[str, str]]]:
@@ -256,6 +242,7 @@ def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str
 
     Returns blob -> reference name, reason -> count of blobs left unmatched, and blob -> (layer, type).
     """
+    nodes = ref.nodes
     position = {out: i for i, (_, _, out) in enumerate(nodes)}
     producer = {out: (op, ins) for op, ins, out in nodes}
     found: dict[str, str] = {blob: name for name, blob in inputs.items()}
@@ -293,7 +280,7 @@ def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str
             after = max((position.get(found.get(b, ""), -1) for b in bottoms), default=-1)
             shape = (blob_shapes or {}).get(top)
             hit = next((out for op, _, out in nodes[after + 1:] if op in ops and out not in taken
-                        and _size_fits(ref_shapes.get(out), shape)), None)
+                        and _size_fits(ref.shapes.get(out), ref.axis(out), shape)), None)
             if hit is None:
                 count("no reference tensor of that op type and size after its inputs")
                 continue
@@ -305,12 +292,24 @@ def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str
     return found, unmatched, where
 
 
+def to_reference_shape(arr: np.ndarray, ref_shape: list[int] | None, batch_axis: int | None) -> np.ndarray:
+    """One sample of an ncnn blob (no batch axis; c/h/w is ONNX's channel-first order) in the reference tensor's
+    shape at batch 1: reshaped when the reference shape is fully known, else the batch axis put back."""
+    if ref_shape is not None:
+        known = [1 if i == batch_axis else d for i, d in enumerate(ref_shape)]
+        if all(d >= 0 for d in known) and arr.size == math.prod(known):
+            return arr.reshape(known)
+        if batch_axis is not None and arr.ndim == len(ref_shape) - 1:
+            return np.expand_dims(arr, batch_axis)
+    return arr if batch_axis is None else np.expand_dims(arr, 0)
+
+
 def ncnn_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
                        wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
-    """Every blob of the ncnn model for ``feed`` (one sample at a time), named after the reference ONNX tensor it
-    holds (``match_blobs``) and reshaped to that tensor's shape (ncnn drops the batch axis; its c/h/w order is
-    ONNX's channel-first order). ncnn computes in float32 (fp16 storage and int8 layers are converted back
-    when a blob is extracted), so no dequantization is needed here."""
+    """Every blob of the ncnn model for ``feed`` (one sample at a time), named after the reference ONNX tensor
+    it holds (``match_blobs``), in that tensor's shape, samples joined on its batch axis. ncnn computes in
+    float32 (fp16 storage and int8 layers are converted back when a blob is extracted), so nothing needs
+    dequantizing here. Split blobs (copies) are not returned."""
     if reference is None:
         raise UnavailableError("ncnn blobs carry no ONNX names; matching them needs the reference ONNX graph",
                                hint="divergence on ncnn needs a chain that started from (or exported) ONNX")
@@ -318,23 +317,26 @@ def ncnn_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], threads:
     try:
         assert artifact.path is not None
         layers = param_layers(artifact.path)
-        nodes, ref_shapes = _reference_nodes(reference)
-        blobs = [top for kind, _, _, tops, _ in layers if kind != "Input" for top in tops]
-        samples = [{k: v[i:i + 1] for k, v in feed.items()} for i in range(next(iter(feed.values())).shape[0])]
+        ref = read_reference(reference)
+        blobs = [top for kind, _, _, tops, _ in layers if kind not in ("Input", "Split") for top in tops]
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        samples = [{k: v[i:i + 1] for k, v in feed.items()} for i in range(n)]
         first = session.extract(samples[0], blobs) if samples else {}
         shapes = {b: tuple(a.shape) for b, a in first.items()}
-        found, unmatched, where = match_blobs(layers, nodes, ref_shapes, session.inputs, session.outputs, shapes)
+        found, unmatched, where = match_blobs(layers, ref, session.inputs, session.outputs, shapes)
         keep = set(wanted) if wanted is not None else None
         chosen = [b for b in blobs if b in found and (keep is None or found[b] in keep)]
-        parts = []
+        got: dict[str, list[np.ndarray]] = {b: [] for b in chosen}
         for i, sample in enumerate(samples):
-            got = first if i == 0 else session.extract(sample, chosen)
-            tensors = {b: restore_shape(got[b], ref_shapes.get(found[b])).astype(np.float32, copy=False)
-                       for b in chosen}
-            parts.append(Intermediates(tensors=tensors, order=list(chosen), reference={b: found[b] for b in chosen},
-                                       info={b: TensorInfo(layer=where[b][0], op=where[b][1]) for b in chosen},
-                                       unmatched=dict(unmatched)))
-        return Intermediates.join(parts)
+            raw = first if i == 0 else session.extract(sample, chosen)
+            for b in chosen:
+                name = found[b]
+                got[b].append(to_reference_shape(raw[b], ref.shapes.get(name), ref.axis(name)).astype(np.float32))
+        tensors = {b: got[b][0] if ref.axis(found[b]) is None else join_samples(got[b], ref.axis(found[b]) or 0)
+                   for b in chosen}
+        return Intermediates(tensors=tensors, order=list(chosen), reference={b: found[b] for b in chosen},
+                             info={b: TensorInfo(layer=where[b][0], op=where[b][1]) for b in chosen},
+                             unmatched=unmatched)
     finally:
         session.close()
 

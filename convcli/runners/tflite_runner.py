@@ -21,7 +21,6 @@ LiteRT is the standalone interpreter package: it does not import TensorFlow.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import warnings
@@ -38,6 +37,7 @@ from convcli.core.lazy import package_version, require
 from convcli.core.quiet import captured_fd2
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
+from convcli.runners.onnx_reference import ReferenceGraph, join_samples, read_reference
 
 CHANNEL_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
 CHANNEL_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
@@ -261,35 +261,15 @@ def layer_map(path: Path) -> list[tuple[str, str, list[int] | None]]:
     if not sidecar.is_file():
         return []
     rows = json.loads(sidecar.read_text()).get("onnx2tf_layers") or []
-    return [(str(r[0]), str(r[1]), list(r[2]) if r[2] else None) for r in rows]
-
-
-def reference_graph(reference: Path | None) -> tuple[list[str], dict[str, list[int] | None]]:
-    """Tensor names of the reference ONNX graph in topological order (inputs, then node outputs) and their
-    shapes where shape inference knows them (-1 for a dynamic dim)."""
-    if reference is None:
-        return [], {}
-    onnx = require("onnx", "matching TFLite tensors to the reference ONNX graph")
-    model = onnx.load(str(reference), load_external_data=False)
-    with contextlib.suppress(Exception):  # shapes are a check on the match, not required for it
-        model = onnx.shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int] | None] = {}
-    for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims] if dims else None
-    names = [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output if o]
-    return names, shapes
+    return [(str(r[0]), str(r[1]), [int(d) for d in r[2]] if r[2] else None) for r in rows]
 
 
 def tensor_layout(ref_shape: list[int] | None, shape: Sequence[int], prefer_channel_last: bool) -> str | None:
     """How a TFLite tensor of ``shape`` holds a reference tensor of ``ref_shape``: "same", a channel-last
-    layout name (to transpose back), or None when neither fits. Batch and unknown (-1) dims are not compared;
-    when both fit (e.g. 1x8x8x8), ``prefer_channel_last`` decides (onnx2tf keeps 3-5-D activations channel-last,
-    TensorFlow's own converter keeps TensorFlow's layout)."""
+    layout name (to transpose back), or None when neither fits (or the reference shape is unknown). Batch and
+    unknown (-1) dims are not compared; when both fit (e.g. 1x8x8x8), ``prefer_channel_last`` decides."""
     tfl = [int(d) for d in shape]
-    if ref_shape is None:
-        return "same" if len(tfl) not in CHANNEL_LAST or not prefer_channel_last else CHANNEL_LAST[len(tfl)]
-    if len(ref_shape) != len(tfl):
+    if ref_shape is None or len(ref_shape) != len(tfl):
         return None
 
     def fits(a: Sequence[int], b: Sequence[int]) -> bool:
@@ -307,8 +287,8 @@ def _name_parts(name: str) -> list[str]:
     return [p for p in name.split(";") if p]
 
 
-def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | None]], ref_names: list[str],
-                  ref_shapes: dict[str, list[int] | None], outputs: dict[str, dict[str, Any]]
+def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | None]], ref: ReferenceGraph,
+                  outputs: dict[str, dict[str, Any]], prefer_channel_last: bool,
                   ) -> tuple[dict[int, tuple[str, str]], list[int], dict[str, int]]:
     """Which reference ONNX tensor each computed TFLite tensor holds.
 
@@ -317,7 +297,9 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
     part (with or without ':0', as tf2onnx writes TensorFlow names). A fused tensor (Conv+Add+Relu in one op)
     holds the *latest* of its candidates in the reference order; the others are counted as fused. The model's
     outputs match through the signature (``outputs``: reference output name -> tensor details). Two tensors
-    holding one ONNX tensor: the later in execution order wins (it is the value the graph goes on with).
+    holding one ONNX tensor: the later in execution order wins (it is the value the graph goes on with). The
+    shape decides the layout (``tensor_layout``; onnx2tf's static shape where it recorded one); integer tensors
+    without a scale (shapes, indices) are not compared.
 
     Returns tensor index -> (reference name, layout), the computed tensors in execution order, and reason ->
     count for the computed tensors left unmatched.
@@ -328,8 +310,8 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
             continue
         order += [int(i) for i in op["outputs"] if int(i) >= 0 and int(i) not in order]
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    rank = {n: i for i, n in enumerate(ref_names or [r[0] for r in layers])}
-    shapes = {**{r[0]: r[2] for r in layers}, **ref_shapes}
+    rank = {n: i for i, n in enumerate(ref.names or [r[0] for r in layers])}
+    static = {r[0]: r[2] for r in layers if r[2]}
     by_layer: dict[str, list[str]] = {}
     for onnx_name, layer, _ in layers:
         by_layer.setdefault(layer, []).append(onnx_name)
@@ -341,14 +323,17 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
         unmatched[reason] = unmatched.get(reason, 0) + n
 
     for index in order:
-        name = details[index]["name"]
+        det = details[index]
+        if np.dtype(det["dtype"]).kind not in "f" and quantization(det) is None:
+            count("integer tensor (shapes, indices): not compared")
+            continue
         if index in by_output:
-            candidates = [by_output[index]]
+            named = [by_output[index]]
         elif layers:
-            candidates = [o for part in _name_parts(name) for seg in part.split("/") for o in by_layer.get(seg, [])]
+            named = [o for part in _name_parts(det["name"]) for seg in part.split("/") for o in by_layer.get(seg, [])]
         else:
-            candidates = [c for part in _name_parts(name) for c in (part, f"{part}:0") if c in rank]
-        named = list(dict.fromkeys(candidates))
+            named = [c for part in _name_parts(det["name"]) for c in (part, f"{part}:0") if c in rank]
+        named = list(dict.fromkeys(named))
         candidates = [c for c in named if c in rank]
         if not candidates:
             count("not in the reference graph (renamed before conversion)" if named else
@@ -356,14 +341,14 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
                   "no reference tensor of that name" if rank else "no reference graph to name it")
             continue
         best = max(candidates, key=lambda c: rank[c])
-        layout = tensor_layout(shapes.get(best), details[index]["shape"], prefer_channel_last=bool(layers))
+        layout = tensor_layout(static.get(best) or ref.shapes.get(best), det["shape"], prefer_channel_last)
         if layout is None:
-            count("shape differs from the reference tensor's")
+            count("shape differs from the reference tensor's (or is unknown)")
             continue
         if len(candidates) > 1:
             count("fused by the converter (an ONNX tensor computed inside a later op)", len(candidates) - 1)
-        for earlier, (ref, _) in list(found.items()):
-            if ref == best:
+        for earlier, (name, _) in list(found.items()):
+            if name == best:
                 del found[earlier]
                 count("recomputed by a later op (the later value is the one compared)")
         found[index] = (best, layout)
@@ -375,18 +360,20 @@ def tflite_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], thread
     """Every tensor LiteRT computes for ``feed``, named after the reference ONNX tensor it holds.
 
     The interpreter keeps all tensors (``experimental_preserve_all_tensors``) and runs one fixed-size batch at
-    a time. Names are matched by ``match_tensors``; each matched tensor is dequantized (int8 with its scale and
-    zero point), cast to float32 and transposed back to the reference layout (NHWC -> NCHW where onnx2tf
-    moved the channels). Keys of ``tensors`` are the TFLite tensor names.
+    a time; samples are joined on each tensor's batch axis in the reference graph. Names are matched by
+    ``match_tensors`` (layouts where both fit: channel-last when the model takes a channel-last input, as
+    onnx2tf then keeps 3-5-D activations channel-last). Each matched tensor is dequantized (int8 with its scale
+    and zero point), cast to float32 and transposed back to the reference layout. Keys of ``tensors`` are the
+    TFLite tensor names.
     """
     assert artifact.path is not None
     session = TfliteSession(artifact, threads, keep_all_tensors=True)
     try:
         it = session.interpreter
-        ref_names, ref_shapes = reference_graph(reference)
-        layers = layer_map(artifact.path)
-        outputs = {name: det for name, det in session.out_map.items() if not ref_names or name in ref_names}
-        found, order, unmatched = match_tensors(it, layers, ref_names, ref_shapes, outputs)
+        ref = read_reference(reference)
+        outputs = {name: det for name, det in session.out_map.items() if not ref.names or name in ref.names}
+        prefer_last = any(is_channel_last(lay) for lay in session.layouts.values())
+        found, order, unmatched = match_tensors(it, layer_map(artifact.path), ref, outputs, prefer_last)
         keep = set(wanted) if wanted is not None else None
         chosen = [i for i in order if i in found and (keep is None or found[i][0] in keep)]
         details = {d["index"]: d for d in it.get_tensor_details()}
@@ -394,22 +381,25 @@ def tflite_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], thread
                for o in op["outputs"]}
         batch = session.fixed_batch or 1
         n = next(iter(feed.values())).shape[0] if feed else 0
-        parts = []
+        samples: dict[int, list[np.ndarray]] = {i: [] for i in chosen}
         for start in range(0, max(n, 1), batch):
             session.run({k: v[start:start + batch] for k, v in feed.items()})
-            tensors = {}
             for i in chosen:
                 arr = dequantize(it.get_tensor(i), details[i]).astype(np.float32, copy=False)
                 if is_channel_last(found[i][1]):
                     arr = np.transpose(arr, (0, arr.ndim - 1, *range(1, arr.ndim - 1)))
-                tensors[details[i]["name"]] = np.ascontiguousarray(arr)
-            parts.append(Intermediates(
-                tensors=tensors, order=[details[i]["name"] for i in chosen],
-                reference={details[i]["name"]: found[i][0] for i in chosen},
-                info={details[i]["name"]: TensorInfo(layer=details[i]["name"].split(";")[0], op=ops.get(i, ""))
-                      for i in chosen},
-                unmatched=dict(unmatched)))
-        return Intermediates.join(parts)
+                samples[i].append(np.ascontiguousarray(arr))
+        tensors = {}
+        for i in chosen:
+            axis = ref.axis(found[i][0])
+            # A tensor without a batch axis does not depend on the sample: the first run's value is the batch's.
+            tensors[details[i]["name"]] = samples[i][0] if axis is None else join_samples(samples[i], axis)
+        return Intermediates(
+            tensors=tensors, order=[details[i]["name"] for i in chosen],
+            reference={details[i]["name"]: found[i][0] for i in chosen},
+            info={details[i]["name"]: TensorInfo(layer=details[i]["name"].split(";")[0], op=ops.get(i, ""))
+                  for i in chosen},
+            unmatched=unmatched)
     finally:
         session.close()
 
