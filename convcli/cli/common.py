@@ -119,7 +119,10 @@ def _build_job(registry: Registry, model: str, to: str, inputs: list[str] | None
     )
 
 
-JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune", "outputs", "strict")
+JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune", "outputs", "strict",
+             "divergence_budget")
+DIVERGENCE_HELP = ("Seconds each row that fails parity may spend locating the first diverging layer (default 60; "
+                   "0: off). Passing rows never pay for it.")
 OUTPUT_KIND_HELP = ("NAME:KIND, how an output is judged: logits|probabilities (top-1), embedding (cosine), "
                     "regression|boxes (elementwise); e.g. --output-kind output:embedding")
 

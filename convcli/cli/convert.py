@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from convcli.cli.common import (
+    DIVERGENCE_HELP,
     OUTPUT_KIND_HELP,
     build_job,
     echo_command,
@@ -60,6 +61,7 @@ def convert(
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every step and measure again."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache folder (default ~/.cache/convcli)."),
     json_out: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
+    divergence_budget: float = typer.Option(None, "--divergence-budget", min=0, help=DIVERGENCE_HELP),
 ) -> None:
     """Convert a model to every target, prove each artifact against the source, and write OUTDIR/report.json.
 
@@ -111,7 +113,7 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
              calibration_samples: int | None, prune: str | None, train: Path | None, finetune_epochs: int,
              samples: int | None, batch: str | None, runs: int | None, threads: int | None, no_latency: bool,
              output_kind: list[str] | None, strict: bool, no_simplify: bool, require_all: bool, no_cache: bool,
-             cache_dir: Path | None, json_out: bool) -> None:
+             cache_dir: Path | None, json_out: bool, divergence_budget: float | None) -> None:
     from convcli.cli.common import STATE
     from convcli.job import run_job
     from convcli.reports.terminal import render_terminal
@@ -122,7 +124,8 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
                      prune=_prune_options(prune, finetune_epochs), samples=samples,
                      batches=_batches(batch), runs=runs, threads=threads, enabled=not no_latency,
                      simplify=not no_simplify, require_all=require_all, cache=not no_cache, cache_dir=cache_dir,
-                     outputs=parse_output_kinds(output_kind), strict=strict or None)
+                     outputs=parse_output_kinds(output_kind), strict=strict or None,
+                     divergence_budget=divergence_budget)
     result = run_job(spec, progress=RichProgress(err), command=echo_command(), debug=bool(STATE["debug"]))
     if STATE["debug"]:
         for tb in result.tracebacks:

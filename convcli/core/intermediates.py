@@ -43,7 +43,9 @@ unmatched ("fused").
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -96,3 +98,119 @@ class Intermediates:
                    if all(k in p.tensors for p in parts)}
         return Intermediates(tensors=tensors, order=[n for n in first.order if n in tensors],
                              reference=dict(first.reference), info=dict(first.info), unmatched=dict(first.unmatched))
+
+
+@dataclass
+class RefNode:
+    """One node of the reference ONNX graph, with what the dynamo exporter recorded about its PyTorch origin."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    scopes: list[str] = field(default_factory=list)  # module names, outermost first ('stem', 'stem.conv')
+    module_class: str | None = None
+    source_line: str | None = None
+
+    @property
+    def module(self) -> str | None:
+        return self.scopes[-1] if self.scopes else None
+
+
+FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+class ReferenceGraph:
+    """The reference ONNX graph read once (weights not loaded): nodes in graph order (ONNX requires topological
+    order), which node produced each tensor, shapes and element types after shape inference, and module scopes.
+
+    Runners use it to learn the names to map to (``tensor_names``) and, for PyTorch, which ONNX tensor each module
+    produced (``module_outputs``)."""
+
+    def __init__(self, path: Path) -> None:
+        from convcli.core.lazy import require
+
+        onnx = require("onnx", "reading the reference ONNX graph")
+        self.path = Path(path)
+        model = onnx.load(str(path), load_external_data=False)
+        with contextlib.suppress(Exception):  # inference helps with names/types; it is never required
+            model = onnx.shape_inference.infer_shapes(model)
+        g = model.graph
+        self.initializers = {t.name for t in g.initializer}
+        self.inputs = [i.name for i in g.input if i.name not in self.initializers]
+        self.outputs = [o.name for o in g.output]
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int | str, ...]] = {}
+        for vi in [*g.input, *g.value_info, *g.output]:
+            tt = vi.type.tensor_type
+            if tt.elem_type:
+                self.types[vi.name] = tt.elem_type
+            if tt.HasField("shape"):
+                self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                                             for d in tt.shape.dim)
+        self.nodes: list[RefNode] = []
+        self.producer: dict[str, RefNode] = {}
+        for i, n in enumerate(g.node):
+            meta = {p.key: p.value for p in n.metadata_props}
+            node = RefNode(name=n.name or f"{n.op_type}_{i}", op=n.op_type, inputs=[x for x in n.input if x],
+                           outputs=[x for x in n.output if x], scopes=_scopes(meta),
+                           module_class=_module_class(meta), source_line=_source_line(meta))
+            self.nodes.append(node)
+            for o in node.outputs:
+                self.producer[o] = node
+
+    def tensor_names(self) -> list[str]:
+        """Float tensors produced by nodes, in topological order (the names an Intermediates maps to)."""
+        return [o for n in self.nodes for o in n.outputs if self.types.get(o) in FLOAT_TYPES]
+
+    def module_outputs(self) -> dict[str, str]:
+        """PyTorch module name -> the ONNX tensor it produced: the first output of the last node recorded in the
+        module's scope (the dynamo exporter's ``pkg.torch.onnx.name_scopes``). Empty for graphs without scopes
+        (the TorchScript exporter, or a simplifier that dropped node metadata)."""
+        out: dict[str, str] = {}
+        for n in self.nodes:
+            if n.outputs and self.types.get(n.outputs[0]) in FLOAT_TYPES:
+                for s in n.scopes:
+                    out[s] = n.outputs[0]
+        return out
+
+
+def _scopes(meta: dict[str, str]) -> list[str]:
+    import ast
+
+    raw = meta.get("pkg.torch.onnx.name_scopes")
+    if not raw:
+        return []
+    try:
+        names = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return []
+    # ['', 'stem', 'stem.conv', 'conv2d']: the root, then modules, then the op's own name (not a module)
+    return [s for s in names[1:-1] if isinstance(s, str) and s]
+
+
+def _module_class(meta: dict[str, str]) -> str | None:
+    import ast
+
+    raw = meta.get("pkg.torch.onnx.class_hierarchy")
+    try:
+        classes = ast.literal_eval(raw) if raw else []
+    except (ValueError, SyntaxError):
+        return None
+    classes = [c for c in classes if isinstance(c, str) and not c.startswith("aten.")]
+    return classes[-1] if classes else None
+
+
+def _source_line(meta: dict[str, str]) -> str | None:
+    """``file.py:LINE: code`` of the innermost frame of the exporter's stack trace outside torch itself."""
+    import re
+
+    trace = meta.get("pkg.torch.onnx.stack_trace") or ""
+    lines = trace.splitlines()
+    best = None
+    for i, ln in enumerate(lines):
+        m = re.match(r'\s*File "([^"]+)", line (\d+)', ln)
+        if m and "/torch/" not in m.group(1):
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            best = f"{m.group(1)}:{m.group(2)}: {code}".rstrip(": ")
+    return best
