@@ -70,6 +70,7 @@ from convcli.runners.tflite_runner import (
     CHANNEL_LAST,
     LAYER_MAP_SUFFIX,
     TfliteSession,
+    arrangements,
     is_channel_last,
     layout_candidates,
     op_histogram,
@@ -356,6 +357,29 @@ def resolve_layouts(tflite: Artifact, onnx_path: Path, fixed: list[TensorSpec], 
     return keep, keep_out, check
 
 
+# How far (max abs error / max |ONNX|) a TFLite tensor may be from its ONNX tensor at conversion and still count
+# as the same tensor: wrong matches are off by O(1); int8 layers legitimately by tens of percent.
+ARRANGEMENT_MAX_REL = {"fp32": 1e-2, "fp16": 0.1, "int8": 0.5}
+
+
+def check_arrangements(tflite: Artifact, static: Path, fixed: list[TensorSpec], threads: int, precision: str) -> None:
+    """Record in the layer map beside ``tflite`` how each matched TFLite tensor is arranged relative to its ONNX
+    tensor, checked on seeded data against ONNX Runtime (``tflite_runner.arrangements``). A model without a
+    layer map (onnx2tf changed how it names layers) is left as it is: intermediates then guess from shapes."""
+    from convcli.runners.onnxruntime_runner import onnx_intermediates
+
+    assert tflite.path is not None
+    sidecar = tflite.path.with_suffix(LAYER_MAP_SUFFIX)
+    if not sidecar.is_file():
+        return
+    batch = fixed[0].shape[0].size if fixed and fixed[0].shape else 1
+    feed = next(random_data(fixed, batch, seed=5).batches(batch))
+    values = onnx_intermediates(static, feed, threads, None, None).by_reference()
+    data = json.loads(sidecar.read_text())
+    data["checked"] = arrangements(tflite, static, feed, values, threads, ARRANGEMENT_MAX_REL[precision])
+    sidecar.write_text(json.dumps(data))
+
+
 def _io_dtypes(tflite: Artifact, threads: int) -> dict[str, dict[str, str]]:
     """The dtype of each input and output of the TFLite file, under the source's names."""
     probe = TfliteSession(tflite, threads)
@@ -487,6 +511,8 @@ class TfliteFromOnnx(Converter):
                           precision=opts.precision, files=files)
         layouts, out_layouts, check = resolve_layouts(tflite, artifact.path, fixed, ctx.threads, opts.keep_nchw,
                                                       kept)
+        check_arrangements(tflite.derive(layout=layouts, output_layout=out_layouts), static, fixed, ctx.threads,
+                           opts.precision)
         for s in fixed if calib is not None else []:
             calibrated = tf_layout(s, opts.keep_nchw, kept)
             if is_channel_last(layouts.get(s.name)) != is_channel_last(calibrated):

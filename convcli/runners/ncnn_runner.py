@@ -26,7 +26,7 @@ from convcli.core.intermediates import Intermediates, TensorInfo
 from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
-from convcli.runners.onnx_reference import ReferenceGraph, join_samples, read_reference
+from convcli.runners.onnx_reference import UNJOINABLE, ReferenceView, join_samples, read_reference
 
 # What ncnn Mats hold: float inputs go in as float32, integer ones (token ids) as int32 (pnnx turns
 # torch.long inputs into int; ncnn's Embed/Gather read int32).
@@ -197,6 +197,8 @@ NCNN_TO_ONNX: dict[str, tuple[str, ...]] = {
     "Squeeze": ("Squeeze", "Reshape"), "ExpandDims": ("Unsqueeze", "Reshape"), "Permute": ("Transpose",),
     "Concat": ("Concat",), "Slice": ("Slice", "Split"), "Crop": ("Slice",), "Interp": ("Resize", "Upsample"),
     "Padding": ("Pad",), "Dropout": ("Dropout", "Identity"), "Embed": ("Gather",), "Gather": ("Gather",),
+    # The whole attention block: its output is the out-projection's (the first of these of its shape).
+    "MultiHeadAttention": ("Gemm", "MatMul", "Add"),
 }
 # ncnn's fused activation (param 9 of Convolution*, Deconvolution*, InnerProduct) -> the ONNX op it absorbed.
 FUSED_ACTIVATION = {1: ("Relu", "LeakyRelu"), 2: ("LeakyRelu",), 3: ("Clip",), 4: ("Sigmoid",), 5: ("Mish",),
@@ -220,14 +222,15 @@ def param_layers(path: Path) -> list[tuple[str, str, list[str], list[str], dict[
 
 
 def _size_fits(ref_shape: list[int] | None, batch_axis: int | None, blob_shape: tuple[int, ...] | None) -> bool:
-    """Whether a blob (one sample) can hold the reference tensor: same element count at batch 1, where known."""
+    """Whether a blob (one sample) can hold the reference tensor at batch 1: the same dims once size-1 dims are
+    dropped (ncnn drops the batch and keeps c/h/w in ONNX's order) where every dim is known, else True."""
     if ref_shape is None or blob_shape is None:
         return True
     dims = [1 if i == batch_axis else d for i, d in enumerate(ref_shape)]
-    return any(d < 0 for d in dims) or math.prod(dims) == math.prod(blob_shape)
+    return any(d < 0 for d in dims) or [d for d in dims if d != 1] == [d for d in blob_shape if d != 1]
 
 
-def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str]]], ref: ReferenceGraph,
+def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str]]], ref: ReferenceView,
                 inputs: dict[str, str], outputs: list[tuple[str, str]],
                 blob_shapes: dict[str, tuple[int, ...]] | None = None,
                 ) -> tuple[dict[str, str], dict[str, int], dict[str, tuple[str, str]]]:
@@ -272,8 +275,10 @@ def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str
             if activation:
                 ops = FUSED_ACTIVATION.get(activation)
             elif kind in ("InnerProduct", "Gemm"):
-                # With a bias, a MatMul's output is not this blob: the Add after it is.
-                ops = ("Gemm", "Add") if params.get(1, "0") == "1" else ("Gemm", "MatMul")
+                # With a bias (InnerProduct: param 1; Gemm: a C operand, param 10 >= 0), a MatMul's output is not
+                # this blob: the Add after it is.
+                bias = params.get(1, "0") == "1" if kind == "InnerProduct" else params.get(10, "-1") != "-1"
+                ops = ("Gemm", "Add") if bias else ("Gemm", "MatMul")
             if not ops:
                 count(f"no ONNX counterpart known for ncnn {kind}")
                 continue
@@ -317,13 +322,16 @@ def ncnn_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], threads:
     try:
         assert artifact.path is not None
         layers = param_layers(artifact.path)
-        ref = read_reference(reference)
+        ref = read_reference(reference, feed)
         blobs = [top for kind, _, _, tops, _ in layers if kind not in ("Input", "Split") for top in tops]
         n = next(iter(feed.values())).shape[0] if feed else 0
         samples = [{k: v[i:i + 1] for k, v in feed.items()} for i in range(n)]
         first = session.extract(samples[0], blobs) if samples else {}
         shapes = {b: tuple(a.shape) for b, a in first.items()}
         found, unmatched, where = match_blobs(layers, ref, session.inputs, session.outputs, shapes)
+        for blob in [b for b in blobs if n > 1 and found.get(b) in ref.unjoinable]:
+            del found[blob]
+            unmatched[UNJOINABLE] = unmatched.get(UNJOINABLE, 0) + 1
         keep = set(wanted) if wanted is not None else None
         chosen = [b for b in blobs if b in found and (keep is None or found[b] in keep)]
         got: dict[str, list[np.ndarray]] = {b: [] for b in chosen}

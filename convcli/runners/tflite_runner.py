@@ -21,6 +21,7 @@ LiteRT is the standalone interpreter package: it does not import TensorFlow.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import warnings
@@ -37,13 +38,15 @@ from convcli.core.lazy import package_version, require
 from convcli.core.quiet import captured_fd2
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
-from convcli.runners.onnx_reference import ReferenceGraph, join_samples, read_reference
+from convcli.runners.onnx_reference import UNJOINABLE, ReferenceView, join_samples, read_reference
 
 CHANNEL_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
 CHANNEL_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
 # Beside a .tflite made by onnx2tf (model.tflite -> model.onnx2tf-names.json): which Keras layer computes each
 # ONNX tensor, written by the converter's child process. TFLite tensors are named after those layers.
 LAYER_MAP_SUFFIX = ".onnx2tf-names.json"
+PERMUTED = "permuted"  # a TFLite tensor whose axes are some permutation of the ONNX tensor's
+DIFFERED = "differed from ONNX at conversion in every arrangement (onnx2tf computes it in another form)"
 
 
 def to_channel_last(shape: Sequence[int]) -> tuple[int, ...]:
@@ -254,14 +257,63 @@ class TfliteSession(Session):
         self.interpreter = None
 
 
-def layer_map(path: Path) -> list[tuple[str, str, list[int] | None]]:
-    """(ONNX tensor, Keras layer, ONNX shape) rows onnx2tf's conversion recorded beside ``path``, in ONNX
-    topological order; empty when there is no such file (a .tflite not made by convcli's onnx2tf step)."""
+def layer_map(path: Path) -> tuple[list[tuple[str, str, list[int] | None]], dict[str, list[int] | None]]:
+    """What onnx2tf's conversion recorded beside ``path``: (ONNX tensor, Keras layer, ONNX shape) rows in ONNX
+    topological order, and the arrangement checked at conversion (ONNX tensor -> the axis permutation that turns
+    the TFLite tensor into the ONNX one, None where none did; see ``arrangements``). Empty when there is no such
+    file (a .tflite not made by convcli's onnx2tf step)."""
     sidecar = path.with_suffix(LAYER_MAP_SUFFIX)
     if not sidecar.is_file():
-        return []
-    rows = json.loads(sidecar.read_text()).get("onnx2tf_layers") or []
-    return [(str(r[0]), str(r[1]), [int(d) for d in r[2]] if r[2] else None) for r in rows]
+        return [], {}
+    data = json.loads(sidecar.read_text())
+    rows = data.get("onnx2tf_layers") or []
+    checked = {str(k): [int(a) for a in v] if v is not None else None for k, v in (data.get("checked") or {}).items()}
+    return [(str(r[0]), str(r[1]), [int(d) for d in r[2]] if r[2] else None) for r in rows], checked
+
+
+def _perms(shape: Sequence[int], target: Sequence[int]) -> list[tuple[int, ...]]:
+    """Axis permutations (identity first, then channel-last back to channel-first) turning ``shape`` into
+    ``target``; beyond 5 dims only those two are tried."""
+    n = len(shape)
+    first = [tuple(range(n)), (0, n - 1, *range(1, n - 1))] if n > 2 else [tuple(range(n))]
+    pool = first + ([q for q in itertools.permutations(range(n)) if q not in first] if n <= 5 else [])
+    return [q for q in dict.fromkeys(pool) if tuple(shape[a] for a in q) == tuple(target)]
+
+
+def arrangements(artifact: Artifact, reference: Path, feed: dict[str, np.ndarray], reference_values: dict[str,
+                 np.ndarray], threads: int, max_rel: float) -> dict[str, list[int] | None]:
+    """For each TFLite tensor ``match_tensors`` names, the axis permutation that makes it equal the ONNX tensor
+    on ``feed`` (one fixed-size batch), or None when none comes within ``max_rel`` (max abs error relative to
+    max |reference|). Shapes alone cannot tell a (1, 4, 16, 16) attention tensor from its transpose when the
+    sequence length equals the head size, and onnx2tf rearranges such tensors freely; this runs once at
+    conversion, where the TFLite model is known to be onnx2tf's faithful output, so later runs (of this file or
+    an altered copy) read the same tensors the same way and are judged on values only then.
+    """
+    assert artifact.path is not None
+    session = TfliteSession(artifact, threads, keep_all_tensors=True)
+    try:
+        layers, _ = layer_map(artifact.path)
+        ref = read_reference(reference)
+        outputs = {name: det for name, det in session.out_map.items() if name in ref.names}
+        found, _, _ = match_tensors(session.interpreter, layers, ref, outputs, prefer_channel_last=False)
+        session.run(feed)
+        details = {d["index"]: d for d in session.interpreter.get_tensor_details()}
+        checked: dict[str, list[int] | None] = {}
+        for index, (name, _) in found.items():
+            want = reference_values.get(name)
+            if want is None:
+                continue
+            got = dequantize(session.interpreter.get_tensor(index), details[index]).astype(np.float64)
+            scale = max(float(np.max(np.abs(want))) if want.size else 0.0, 1e-12)
+            best: tuple[float, tuple[int, ...]] | None = None
+            for perm in _perms(got.shape, want.shape):
+                err = float(np.max(np.abs(np.transpose(got, perm) - want))) / scale if want.size else 0.0
+                if best is None or err < best[0] - 1e-9:
+                    best = (err, perm)
+            checked[name] = list(best[1]) if best is not None and best[0] <= max_rel else None
+        return checked
+    finally:
+        session.close()
 
 
 def tensor_layout(ref_shape: list[int] | None, shape: Sequence[int], prefer_channel_last: bool) -> str | None:
@@ -287,7 +339,7 @@ def _name_parts(name: str) -> list[str]:
     return [p for p in name.split(";") if p]
 
 
-def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | None]], ref: ReferenceGraph,
+def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | None]], ref: ReferenceView,
                   outputs: dict[str, dict[str, Any]], prefer_channel_last: bool,
                   ) -> tuple[dict[int, tuple[str, str]], list[int], dict[str, int]]:
     """Which reference ONNX tensor each computed TFLite tensor holds.
@@ -342,6 +394,8 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
             continue
         best = max(candidates, key=lambda c: rank[c])
         layout = tensor_layout(static.get(best) or ref.shapes.get(best), det["shape"], prefer_channel_last)
+        if layout is None and best in static and _perms([int(d) for d in det["shape"]], static[best]):
+            layout = PERMUTED  # usable only with the arrangement checked at conversion
         if layout is None:
             count("shape differs from the reference tensor's (or is unknown)")
             continue
@@ -370,23 +424,38 @@ def tflite_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], thread
     session = TfliteSession(artifact, threads, keep_all_tensors=True)
     try:
         it = session.interpreter
-        ref = read_reference(reference)
+        ref = read_reference(reference, feed)
         outputs = {name: det for name, det in session.out_map.items() if not ref.names or name in ref.names}
         prefer_last = any(is_channel_last(lay) for lay in session.layouts.values())
-        found, order, unmatched = match_tensors(it, layer_map(artifact.path), ref, outputs, prefer_last)
+        layers, checked = layer_map(artifact.path)
+        found, order, unmatched = match_tensors(it, layers, ref, outputs, prefer_last)
+        for index, (name, layout) in list(found.items()):
+            reason = (DIFFERED if name in checked and checked[name] is None else
+                      "shape differs from the reference tensor's (or is unknown)"
+                      if layout == PERMUTED and name not in checked else None)
+            if reason:
+                del found[index]
+                unmatched[reason] = unmatched.get(reason, 0) + 1
+        batch = session.fixed_batch or 1
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        for index, (name, _) in list(found.items()):
+            if n > batch and name in ref.unjoinable:
+                del found[index]
+                unmatched[UNJOINABLE] = unmatched.get(UNJOINABLE, 0) + 1
         keep = set(wanted) if wanted is not None else None
         chosen = [i for i in order if i in found and (keep is None or found[i][0] in keep)]
         details = {d["index"]: d for d in it.get_tensor_details()}
         ops = {int(o): op["op_name"] for op in it._get_ops_details() if op["op_name"] != "DELEGATE"
                for o in op["outputs"]}
-        batch = session.fixed_batch or 1
-        n = next(iter(feed.values())).shape[0] if feed else 0
         samples: dict[int, list[np.ndarray]] = {i: [] for i in chosen}
         for start in range(0, max(n, 1), batch):
             session.run({k: v[start:start + batch] for k, v in feed.items()})
             for i in chosen:
                 arr = dequantize(it.get_tensor(i), details[i]).astype(np.float32, copy=False)
-                if is_channel_last(found[i][1]):
+                perm = checked.get(found[i][0])
+                if perm is not None and len(perm) == arr.ndim:
+                    arr = np.transpose(arr, perm)
+                elif is_channel_last(found[i][1]):
                     arr = np.transpose(arr, (0, arr.ndim - 1, *range(1, arr.ndim - 1)))
                 samples[i].append(np.ascontiguousarray(arr))
         tensors = {}
