@@ -176,3 +176,21 @@ def test_ncnn_altered_conv_drifts_from_that_conv(converted: Path, feed: dict[str
     err = errors(ncnn_intermediates(artifact("ncnn", param), feed, 2, reference=onnx_path), ref)
     drifting = [n for n in COMPUTED if err[n] > 1e-3]
     assert drifting[0] == ALTERED_CONV_OUTPUT and err["relu"] < 1e-4, err
+
+
+def test_check_names_the_altered_conv_on_both_backends(converted: Path, tmp_path: Path) -> None:
+    """``convcli check SOURCE ALTERED...``: each failing row's divergence starts at the altered Conv (fused with
+    its Relu in both artifacts, so named by the Relu's output), with the first Conv's output still agreeing."""
+    tflite = altered_tflite(converted / "tflite-fp32/model.tflite", tmp_path / "tflite")
+    ncnn = altered_ncnn(converted / "ncnn-fp32/model.param", tmp_path / "ncnn")
+    out = tmp_path / "check"
+    res = Cli()("check", DIGITS.spec, "--weights", str(DIGITS.weights), tflite, ncnn, "-o", out, "--no-latency",
+                "--threads", "2")
+    assert res.exit_code == 1, res.output
+    rows = res.report(out)["artifacts"]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    for row, op in zip(rows, ["CONV_2D", "Convolution"], strict=True):
+        div = row["divergence"]
+        assert div["status"] == "found", div["message"]
+        assert div["first"]["tensor"] == ALTERED_CONV_OUTPUT and div["first"]["artifact_op"] == op
+        assert [(p["tensor"], p["diverged"]) for p in div["path"]][:2] == [("relu", False), ("relu_1", True)]
