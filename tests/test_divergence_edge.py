@@ -2,7 +2,8 @@
 reference ONNX graph's tensors, in its layout, and an artifact with one Conv's weights altered drifts exactly
 from that Conv on.
 
-One real conversion of the digits CNN (ONNX, onnx2tf -> TFLite, pnnx -> ncnn) serves the whole module. The
+One real conversion of the digits CNN (ONNX, onnx2tf -> TFLite fp32 and int8, pnnx -> ncnn) serves the whole
+module. The
 oracle is ONNX Runtime run on the reference ONNX with every node output exposed; the altered artifacts are the
 converted files with the second Conv's weight bytes negated in place (the TFLite flatbuffer's buffer, found by
 its bytes; the ncnn .bin at the offset the .param's layer sizes give).
@@ -23,9 +24,10 @@ from convcli.core.tensors import parse_input_spec
 from convcli.runners.ncnn_runner import ncnn_intermediates, param_layers
 from convcli.runners.tflite_runner import LAYER_MAP_SUFFIX, tflite_intermediates
 from tests.conftest import Cli
-from tests.models.catalogue import DIGITS
+from tests.models.catalogue import DIGITS, ROOT
 
 SPEC = parse_input_spec("x:batch=2x1x8x8:float32")
+CALIB = ROOT / "calibration_data/digits/calib"
 # The digits CNN's reference graph (exported, BatchNorm folded): Conv, Relu, Conv, Relu, MaxPool, Reshape, Gemm,
 # Relu, Gemm. Both converters fuse each Relu into the op before it.
 COMPUTED = ["relu", "relu_1", "max_pool2d", "view", "relu_2", "output"]
@@ -38,8 +40,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("divergence_edge") / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONVCLI_CACHE_DIR", str(tmp_path_factory.mktemp("divergence_edge_cache")))
-        res = Cli()("convert", *DIGITS.args(), "--to", "onnx,tflite,ncnn", "-o", out, "--no-latency",
-                    "--threads", "2")
+        res = Cli()("convert", *DIGITS.args(), "--to", "onnx,tflite:fp32+int8,ncnn", "--calibration", CALIB,
+                    "-O", "tflite.calibration_samples=32", "-o", out, "--no-latency", "--threads", "2")
         assert res.exit_code == 0, res.output
         yield out
 
@@ -135,6 +137,19 @@ def test_tflite_intermediates_match_the_reference(converted: Path, feed: dict[st
     only = tflite_intermediates(artifact("tflite", converted / "tflite-fp32/model.tflite"), feed, 2,
                                 wanted=["max_pool2d"], reference=onnx_path)
     assert list(only.by_reference()) == ["max_pool2d"]
+
+
+def test_tflite_int8_intermediates_are_dequantized(converted: Path, feed: dict[str, np.ndarray]) -> None:
+    """int8 activations come back as floats (scale and zero point applied), within int8's error of ONNX."""
+    onnx_path = converted / "onnx-fp32/model.onnx"
+    ref = reference_tensors(onnx_path, feed)
+    art = artifact("tflite", converted / "tflite-int8/model.tflite").derive(precision="int8")
+    got = tflite_intermediates(art, feed, 2, reference=onnx_path)
+    assert list(got.by_reference()) == COMPUTED
+    for name, arr in got.by_reference().items():
+        assert arr.dtype == np.float32 and arr.shape == ref[name].shape
+        rel = float(np.max(np.abs(arr - ref[name]))) / float(np.max(np.abs(ref[name])))
+        assert rel < 0.1, (name, rel)
 
 
 def test_tflite_altered_conv_drifts_from_that_conv(converted: Path, feed: dict[str, np.ndarray],
