@@ -239,7 +239,8 @@ def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str
     Graph inputs and outputs match through the artifact's blob map. Every other layer, in file order, takes
     the earliest reference tensor not yet taken that (a) a node of a corresponding op type computes
     (``NCNN_TO_ONNX``; with a fused activation, the activation's op), (b) comes after the tensors matched to
-    the layer's inputs, and (c) has the blob's element count (when ``blob_shapes`` are known). A fused
+    the layer's inputs, and (c) has the blob's dims, size-1 dims dropped (``_size_fits``; when ``blob_shapes``
+    are known). ``InnerProduct``/``Gemm`` with a bias take the ``Add`` after a ``MatMul``. A fused
     activation swallows the tensor of the op before it (counted as fused). Split layers only copy a blob (ncnn
     inserts them where a blob has several consumers): their tops stand for the bottom's tensor.
 
