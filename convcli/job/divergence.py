@@ -11,6 +11,7 @@ from pathlib import Path
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConvcliError, UnavailableError, first_line
 from convcli.core.executor import StepOutcome
+from convcli.core.intermediates import ReferenceGraph
 from convcli.core.planner import Plan, PlannedTarget
 from convcli.core.registry import Registry
 from convcli.core.step import StepContext
@@ -52,9 +53,17 @@ class ReferenceExport:
         self._path: Path | None = None
         self._error: str | None = None
 
-    def get(self) -> Path:
+    def get(self, artifact: Artifact | None = None) -> Path:
+        """The reference graph for ``artifact``. An fp32 ONNX artifact whose nodes record PyTorch module scopes
+        (convcli's own export) is its own reference: the source's module hooks supply the reference values, so
+        the export (seconds) is skipped."""
         if self.source.format == "onnx" and self.source.path is not None:
             return self.source.path
+        if (artifact is not None and artifact.format == "onnx" and artifact.precision == "fp32"
+                and artifact.path is not None and self.source.format in TORCH_FORMATS):
+            with contextlib.suppress(Exception):
+                if ReferenceGraph(artifact.path).module_outputs():
+                    return artifact.path
         if self._path is not None:
             return self._path
         if self._error is not None:

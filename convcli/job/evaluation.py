@@ -195,7 +195,7 @@ class Evaluation:
         try:
             reference = entry.reference
             if reference is None and self.reference_export is not None:
-                reference = self.reference_export.get()
+                reference = self.reference_export.get(artifact)
             if reference is None:
                 raise UnavailableError("no fp32 ONNX reference graph for this row (its chain never passed "
                                        "through ONNX)")
@@ -220,7 +220,7 @@ class Evaluation:
                                 message=exc.one_line())
         except Exception as exc:  # never a crashed run: a note on the row
             result = Divergence(status="error", message=f"divergence localization failed: {first_line(exc)}")
-        self._end(label, result.status == "found", result.message)
+        self._end(label, result.status in ("found", "not_found"), result.message)
         return result
 
     def measure_together(self, pending: list[Pending], source_key: str) -> SourceReport:

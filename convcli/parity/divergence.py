@@ -178,6 +178,9 @@ def capture(req: LocateRequest, which: Literal["reference", "artifact"], wanted:
             notes["reference_fallback"] = exc.one_line()
     from convcli.runners.onnxruntime_runner import onnx_intermediates
 
+    if req.artifact.path is not None and req.reference.resolve() == req.artifact.path.resolve():
+        raise UnavailableError("the source's runner cannot return intermediates and the only reference graph is "
+                               f"the artifact itself ({notes.get('reference_fallback', 'no values')})")
     notes["reference_values"] = "reference ONNX in ONNX Runtime" + (
         f" (the source's runner cannot: {notes['reference_fallback']})" if "reference_fallback" in notes else "")
     return onnx_intermediates(req.reference, req.feed, req.threads, wanted, None)
@@ -328,13 +331,17 @@ def write_repro(req: LocateRequest, graph: ReferenceGraph, first: TensorError, r
     req.repro_dir.mkdir(parents=True, exist_ok=True)
     sub = req.repro_dir / "subgraph.onnx"
     onnx.utils.extract_model(str(source), str(sub), inputs, outputs, check_model=False)
+    # Reference-side values first (the source's, when its runner supplied them); the reference graph in ONNX
+    # Runtime fills in tensors the source could not name (inputs agree on both sides by construction).
     vals = onnx_intermediates(req.reference, req.feed, req.threads, [*inputs, *outputs], None).by_reference()
-    feed = {i: (req.feed[i] if i in req.feed else vals.get(i, ref_vals.get(i))) for i in inputs}
+    vals = {**vals, **ref_vals}
+    feed = {i: (req.feed[i] if i in req.feed else vals.get(i)) for i in inputs}
     dims = [i.type.tensor_type.shape.dim for i in onnx.load(str(sub), load_external_data=False).graph.input]
     batch = next((d[0].dim_value for d in dims if len(d) and d[0].dim_value > 0), None)  # a static batch
     cut = (lambda v: v[:batch]) if batch else (lambda v: v)
     np.savez(req.repro_dir / "inputs.npz", **{k: cut(v) for k, v in feed.items() if v is not None})
-    expected = {o: cut(vals[o]) for o in outputs if o in vals}
+    same_graph = req.artifact.path is not None and req.reference.resolve() == req.artifact.path.resolve()
+    expected = {o: cut(vals[o]) for o in outputs if o in ref_vals or (o in vals and not same_graph)}
     np.savez(req.repro_dir / "expected.npz", **expected)
     readme = req.repro_dir / "README.txt"
     readme.write_text(

@@ -53,6 +53,10 @@ def _divergence(a: ArtifactReport, console: Console) -> None:
             cells = divergence_cells(e, d.first)
             table.add_row(*cells, style="bold red" if cells[-1] == "FIRST" else None)
         console.print(table)
+    if d.ranked:
+        console.print("[dim]  layers adding the most error: " + ", ".join(
+            f"{e.node or e.tensor} (+{e.added:.2e})" for e in d.ranked if e.added is not None) + "[/]",
+            highlight=False)
 
 
 def render_terminal(report: Report, console: Console) -> None:
