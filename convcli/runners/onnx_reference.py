@@ -64,6 +64,9 @@ def read_reference(reference: Path | None, feed: dict[str, np.ndarray] | None = 
         out.shapes[name] = [d if isinstance(d, int) else sizes.get(d, -1) for d in dims]
         if batch is None:
             continue
+        if batch not in dims and name in graph.outputs and dims and isinstance(dims[0], str):
+            out.batch_axis[name] = 0  # parity reads every graph output as batch-first (tf2onnx renames the symbol)
+            continue
         out.batch_axis[name] = dims.index(batch) if batch in dims else None
         if batch not in dims and any(isinstance(d, str) and d not in symbols for d in dims):
             out.unjoinable.add(name)

@@ -370,6 +370,7 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
     by_output = {int(d["index"]): name for name, d in outputs.items()}
     found: dict[int, tuple[str, str]] = {}
     unmatched: dict[str, int] = {}
+    ambiguous: set[int] = set()
 
     def count(reason: str, n: int = 1) -> None:
         unmatched[reason] = unmatched.get(reason, 0) + n
@@ -393,7 +394,10 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
                   "no reference tensor of that name" if rank else "no reference graph to name it")
             continue
         best = max(candidates, key=lambda c: rank[c])
-        layout = tensor_layout(static.get(best) or ref.shapes.get(best), det["shape"], prefer_channel_last)
+        shape = static.get(best) or ref.shapes.get(best)
+        layout = tensor_layout(shape, det["shape"], prefer_channel_last)
+        if layout is not None and layout != tensor_layout(shape, det["shape"], not prefer_channel_last):
+            ambiguous.add(index)
         if layout is None and best in static and _perms([int(d) for d in det["shape"]], static[best]):
             layout = PERMUTED  # usable only with the arrangement checked at conversion
         if layout is None:
@@ -406,6 +410,15 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
                 del found[earlier]
                 count("recomputed by a later op (the later value is the one compared)")
         found[index] = (best, layout)
+    # Where both layouts fit, the nearest tensor of the same rank whose shape decided it tells (a tf2onnx graph
+    # is channel-first after its first Conv, so an 8x8x8 activation there is NCHW as its neighbours are).
+    decided = [(order.index(i), len(details[i]["shape"]), lay) for i, (_, lay) in found.items()
+               if i not in ambiguous and lay != PERMUTED]
+    for index in ambiguous & set(found):
+        pos, dims = order.index(index), len(details[index]["shape"])
+        near = sorted((abs(p - pos), lay) for p, r, lay in decided if r == dims)
+        if near:
+            found[index] = (found[index][0], near[0][1])
     return found, order, unmatched
 
 
