@@ -209,3 +209,34 @@ def test_check_names_the_altered_conv_on_both_backends(converted: Path, tmp_path
         assert div["status"] == "found", div["message"]
         assert div["first"]["tensor"] == ALTERED_CONV_OUTPUT and div["first"]["artifact_op"] == op
         assert [(p["tensor"], p["diverged"]) for p in div["path"]][:2] == [("relu", False), ("relu_1", True)]
+
+
+def test_keras_native_tflite_matches_a_tf2onnx_reference_by_tensorflow_names(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """TensorFlow's own converter (no onnx2tf layer map) names tensors after TF ops, as tf2onnx names ONNX
+    tensors (plus ':0'): every float tensor matches, its first Conv's 8x8x8 output (both layouts fit) read as its
+    neighbours are (channel-last in TFLite, channel-first in tf2onnx's graph)."""
+    out = tmp_path_factory.mktemp("keras_native") / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVCLI_CACHE_DIR", str(tmp_path_factory.mktemp("keras_native_cache")))
+        res = Cli()("convert", ROOT / "recipes/models/keras_digits.keras", "--to", "onnx,tflite@TfliteFromKeras",
+                    "-o", out, "--no-latency", "--threads", "2")
+    assert res.exit_code == 0, res.output
+    onnx_path = out / "onnx-fp32/model.onnx"
+    spec = parse_input_spec("image:batch=2x8x8x1:float32")
+    path = out / "tflite-fp32@TfliteFromKeras/model.tflite"
+    art = Artifact(format="tflite", path=path, inputs=[spec], output_names=["logits"], precision="fp32", files=[])
+    feed = {"image": np.random.default_rng(3).random((2, 8, 8, 1), dtype=np.float32)}
+    ref = reference_tensors(onnx_path, feed)
+    got = tflite_intermediates(art, feed, 2, reference=onnx_path)
+    err = errors(got, ref)
+    # Keras numbers its layer names per process (keras_digits_1/conv2d_2_1/...): expected names come from the graph.
+    import onnx
+
+    nodes = onnx.load(str(onnx_path)).graph.node
+    expected = [n.output[0] for n in nodes if n.op_type in ("Relu", "MaxPool") or "flatten" in n.name
+                or n.output[0] == "logits"]
+    assert len(expected) == 6 and list(err) == expected
+    assert max(err.values()) < 1e-4, err
+    assert got.unmatched == {"fused by the converter (an ONNX tensor computed inside a later op)": 4,
+                             "integer tensor (shapes, indices): not compared": 3}
