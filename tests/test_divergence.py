@@ -207,3 +207,28 @@ def test_a_failure_inside_localization_is_a_note(built: dict[str, Any], tmp_path
                                                                                            np.float32)},
                              [0], 2, "fp32", 30.0))
     assert d.status == "error" and d.message.startswith("divergence localization failed")
+
+
+def test_int8_qdq_tensors_are_compared_as_consumers_read_them(cli: Cli, built: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """ORT's QDQ quantizer drops the Relu after each Conv (the activation's quantization range clips instead), so
+    the int8 graph's tensor named 'relu' holds the unclipped Conv output; the value compared must be its
+    DequantizeLinear view, which is what the next Conv reads."""
+    from convcli.runners.onnxruntime_runner import onnx_intermediates
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(1).random((16, 3, 16, 16), dtype=np.float32))
+    out = tmp_path / "q8"
+    res = cli("convert", MODEL, "--to", "onnx:int8", "--calibration", calib, "-o", out, "--no-cache", *FAST)
+    assert res.exit_code == 0, res.output
+    int8 = out / "onnx-int8" / "model.onnx"
+    assert [n.output[0] for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv"][0] == "relu"
+    reference = built["out"] / "onnx-fp32" / "model.onnx"
+    feed = {"x": np.random.default_rng(2).random((2, 3, 16, 16), dtype=np.float32)}
+    ref = onnx_intermediates(reference, feed, 2, ["relu"], None).by_reference()["relu"]
+    got = onnx_intermediates(int8, feed, 2, ["relu"], reference)
+    assert got.info[next(iter(got.tensors))].op == "Conv+QDQ"
+    value = got.by_reference()["relu"]
+    assert value.min() >= 0.0
+    cos = float(np.dot(ref.ravel(), value.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(value)))
+    assert cos > 0.99, cos

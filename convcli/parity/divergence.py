@@ -36,11 +36,13 @@ class IntermediateTolerance(BaseModel):
 
 
 # fp32 kernels reorder sums (~1e-6 relative); fp16 keeps 11 bits (~5e-4 per layer, 1e-2 after a few layers);
-# int8 rounds to 1/255 of a tensor's range per layer and accumulates (a few percent is normal).
+# int8 rounds to 1/255 of a tensor's range per layer and accumulates: the worst element of a healthy static-int8
+# layer is ~10% of the tensor's scale off (measured: digits CNN, first Conv+Relu, 0.127 at cosine 0.9998), so int8
+# leans on cosine and its rel bound only catches gross errors.
 INTERMEDIATE_TOLERANCES: dict[str, IntermediateTolerance] = {
     "fp32": IntermediateTolerance(rel=1e-4, min_cosine=0.9999),
     "fp16": IntermediateTolerance(rel=1e-2, min_cosine=0.999),
-    "int8": IntermediateTolerance(rel=0.1, min_cosine=0.98),
+    "int8": IntermediateTolerance(rel=0.25, min_cosine=0.99),
 }
 MAX_PER_ROUND = 256  # tensors captured per run of each model; more are narrowed by bisection
 PATH_ROWS = 12  # rows of the path table around the first divergence
@@ -243,7 +245,7 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
             break
     compared = sorted(errors.values(), key=lambda e: e.index)
     base.update(reference_values=notes.get("reference_values"), compared=len(compared),
-                unmatched=sum(v for k, v in unmatched.items() if not k.startswith("not captured")),
+                unmatched=sum(unmatched.values()),
                 unmatched_reasons=unmatched, rounds=rounds, budget_exhausted=exhausted)
     if not compared:
         n = base["unmatched"]

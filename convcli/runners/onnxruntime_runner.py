@@ -74,6 +74,16 @@ class OnnxRuntimeRunner(Runner):
         return onnx_intermediates(artifact.path, feed, threads, wanted, reference)
 
 
+def qdq_views(graph: ReferenceGraph) -> dict[str, str]:
+    """Tensor -> the DequantizeLinear output of its QuantizeLinear, in a QDQ graph: what every consumer of the
+    tensor really reads. It is the value to compare, not the float tensor before it: ORT's quantizer drops a Relu
+    after a Conv and lets the activation's quantization range clip instead, so the tensor named after the Relu
+    holds the Conv's unclipped output until it is quantized."""
+    dq_of = {n.inputs[0]: n.outputs[0] for n in graph.nodes if n.op == "DequantizeLinear" and n.inputs and n.outputs}
+    return {n.inputs[0]: dq_of[n.outputs[0]] for n in graph.nodes
+            if n.op == "QuantizeLinear" and n.inputs and n.outputs and n.outputs[0] in dq_of}
+
+
 def onnx_intermediates(path: Path, feed: dict[str, np.ndarray], threads: int, wanted: list[str] | None,
                        reference: Path | None) -> Intermediates:
     """``OnnxRuntimeRunner.intermediates`` for a model file (also used for the reference graph itself)."""
@@ -83,9 +93,16 @@ def onnx_intermediates(path: Path, feed: dict[str, np.ndarray], threads: int, wa
     want = set(wanted) if wanted is not None else None
     result = Intermediates()
     extra: list[str] = []
+    seen = qdq_views(graph)
+    constant = set(graph.initializers)
     for node in graph.nodes:
+        if node.inputs and all(i in constant for i in node.inputs):  # weights (dequantized, cast): not activations
+            constant.update(node.outputs)
+            continue
         for name in node.outputs:
             elem = graph.types.get(name)
+            if name in seen.values():
+                continue  # captured under the tensor it is a quantized view of
             if elem is None:
                 result.count_unmatched("element type unknown after shape inference")
                 continue
@@ -96,10 +113,11 @@ def onnx_intermediates(path: Path, feed: dict[str, np.ndarray], threads: int, wa
                 continue
             if want is not None and name not in want:
                 continue
-            extra.append(name)
-            result.reference[name] = name
-            result.info[name] = TensorInfo(layer=node.name, op=node.op, module=node.module,
-                                           source_line=node.source_line)
+            captured = seen.get(name, name)
+            extra.append(captured)
+            result.reference[captured] = name
+            result.info[captured] = TensorInfo(layer=node.name, op=node.op + ("+QDQ" if captured != name else ""),
+                                               module=node.module, source_line=node.source_line)
     model = onnx.load(str(path))
     model = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < 2**31 - 2**26 else model
     by_name = {vi.name: vi for vi in model.graph.value_info}
@@ -109,7 +127,7 @@ def onnx_intermediates(path: Path, feed: dict[str, np.ndarray], threads: int, wa
             continue
         vi = by_name.get(name)
         model.graph.output.append(vi if vi is not None else
-                                  onnx.helper.make_tensor_value_info(name, graph.types[name], None))
+                                  onnx.helper.make_tensor_value_info(name, graph.types.get(name, 1), None))
     with tempfile.TemporaryDirectory(prefix="convcli-intermediates-") as tmp:
         copy = Path(tmp) / "model.onnx"
         large = model.ByteSize() > 2**31 - 2**26
