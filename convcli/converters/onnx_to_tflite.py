@@ -68,7 +68,9 @@ from convcli.parity.data import DataSet, random_data
 from convcli.runners.tflite_runner import (
     CHANNEL_FIRST,
     CHANNEL_LAST,
+    LAYER_MAP_SUFFIX,
     TfliteSession,
+    arrangements,
     is_channel_last,
     layout_candidates,
     op_histogram,
@@ -82,6 +84,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MARK = "CONVCLI_CHILD_ERROR:"
 _PYTHON_ERROR = re.compile(r"^(\w+(Error|Exception)): (.+)$")
 # onnx2tf's file for each shipped precision (int8: float32 I/O, or int8 I/O with int8_io).
+# What the child writes beside onnx2tf's files: ONNX tensor -> Keras layer (see ``write_layer_names``); shipped
+# beside the .tflite under the runner's ``LAYER_MAP_SUFFIX`` so intermediates can be matched to ONNX names.
+LAYER_NAMES = "convcli_onnx2tf_layers.json"
 PRODUCED = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite", "int8": "model_integer_quant.tflite",
             "int8-io": "model_full_integer_quant.tflite"}
 
@@ -110,9 +115,46 @@ def _guarded_connect(self, address):
 socket.getaddrinfo = _guarded_getaddrinfo
 socket.socket.connect = _guarded_connect
 kwargs = json.loads(__KWARGS__)
+names_file = __NAMES__
+
+
+def write_layer_names(layers):
+    """ONNX tensor -> the Keras layer that computes it (TFLite tensors are named after those layers), in
+    conversion (topological) order, with the ONNX shape: what the LiteRT runner needs to match intermediates."""
+    import re
+    import onnx
+    model = onnx.shape_inference.infer_shapes(onnx.load(kwargs["input_onnx_file_path"]))
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    lead = kwargs.get("output_signaturedefs") or kwargs.get("output_integer_quantized_tflite")
+    original = {}
+    for node in model.graph.node:
+        for out in node.output:
+            clean = out.replace(":", "__")
+            original[re.sub("^/", "wa/", clean) if lead else clean] = out
+    rows = []
+    for key, info in layers.items():
+        layer = getattr(getattr(info.get("tf_node") if isinstance(info, dict) else None, "node", None), "layer", None)
+        name = original.get(key)
+        if layer is not None and name is not None:
+            rows.append([name, layer.name, shapes.get(name)])
+    with open(names_file, "w") as f:
+        json.dump({"onnx2tf_layers": rows}, f)
+
 try:
     import onnx2tf
+    import onnx2tf.ops.Input as input_op
+    captured = []
+    make_input = input_op.make_node
+
+    def capturing_make_node(*args, **kw):
+        captured.append(kw.get("tf_layers_dict"))
+        return make_input(*args, **kw)
+
+    input_op.make_node = capturing_make_node
     onnx2tf.convert(**kwargs)
+    if captured and captured[0] is not None:
+        write_layer_names(captured[0])
 except SystemExit as exc:
     if exc.code not in (0, None):
         print(f"__MARK__ onnx2tf exited with status {exc.code}", file=sys.stderr, flush=True)
@@ -315,6 +357,29 @@ def resolve_layouts(tflite: Artifact, onnx_path: Path, fixed: list[TensorSpec], 
     return keep, keep_out, check
 
 
+# How far (max abs error / max |ONNX|) a TFLite tensor may be from its ONNX tensor at conversion and still count
+# as the same tensor: wrong matches are off by O(1); int8 layers legitimately by tens of percent.
+ARRANGEMENT_MAX_REL = {"fp32": 1e-2, "fp16": 0.1, "int8": 0.5}
+
+
+def check_arrangements(tflite: Artifact, static: Path, fixed: list[TensorSpec], threads: int, precision: str) -> None:
+    """Record in the layer map beside ``tflite`` how each matched TFLite tensor is arranged relative to its ONNX
+    tensor, checked on seeded data against ONNX Runtime (``tflite_runner.arrangements``). A model without a
+    layer map (onnx2tf changed how it names layers) is left as it is: intermediates then guess from shapes."""
+    from convcli.runners.onnxruntime_runner import onnx_intermediates
+
+    assert tflite.path is not None
+    sidecar = tflite.path.with_suffix(LAYER_MAP_SUFFIX)
+    if not sidecar.is_file():
+        return
+    batch = fixed[0].shape[0].size if fixed and fixed[0].shape else 1
+    feed = next(random_data(fixed, batch, seed=5).batches(batch))
+    values = onnx_intermediates(static, feed, threads, None, None).by_reference()
+    data = json.loads(sidecar.read_text())
+    data["checked"] = arrangements(tflite, static, feed, values, threads, ARRANGEMENT_MAX_REL[precision])
+    sidecar.write_text(json.dumps(data))
+
+
 def _io_dtypes(tflite: Artifact, threads: int) -> dict[str, dict[str, str]]:
     """The dtype of each input and output of the TFLite file, under the source's names."""
     probe = TfliteSession(tflite, threads)
@@ -439,10 +504,15 @@ class TfliteFromOnnx(Converter):
             _RUNS[key] = out_dir
         final = ctx.workdir / "model.tflite"
         shutil.copyfile(produced, final)
+        files = [final]
+        if (produced.parent / LAYER_NAMES).is_file():
+            files.append(shutil.copyfile(produced.parent / LAYER_NAMES, final.with_suffix(LAYER_MAP_SUFFIX)))
         tflite = Artifact(format="tflite", path=final, inputs=fixed, output_names=list(artifact.output_names),
-                          precision=opts.precision, files=[final])
+                          precision=opts.precision, files=files)
         layouts, out_layouts, check = resolve_layouts(tflite, artifact.path, fixed, ctx.threads, opts.keep_nchw,
                                                       kept)
+        check_arrangements(tflite.derive(layout=layouts, output_layout=out_layouts), static, fixed, ctx.threads,
+                           opts.precision)
         for s in fixed if calib is not None else []:
             calibrated = tf_layout(s, opts.keep_nchw, kept)
             if is_channel_last(layouts.get(s.name)) != is_channel_last(calibrated):
@@ -469,7 +539,8 @@ class TfliteFromOnnx(Converter):
     def _convert(self, kwargs: dict[str, Any], child_dir: Path, produced: Path, ctx: StepContext) -> Path:
         """Run onnx2tf in a child process; return ``produced`` or raise ConversionError with its reason."""
         opts: TfliteOptions = self.options  # type: ignore[assignment]
-        code = _CHILD.replace("__KWARGS__", repr(json.dumps(kwargs))).replace("__MARK__", _MARK)
+        code = (_CHILD.replace("__KWARGS__", repr(json.dumps(kwargs))).replace("__MARK__", _MARK)
+                .replace("__NAMES__", repr(str(produced.parent / LAYER_NAMES))))
         proc = run_python(code, "onnx2tf", cwd=child_dir, timeout_s=opts.timeout_s, check=False,
                           env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"})
         log = proc.stdout + "\n" + proc.stderr

@@ -12,6 +12,7 @@ artifacts (from ncnn2int8) keep fp16 off and int8 inference on, so only their qu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from convcli.core.artifact import Artifact
-from convcli.core.errors import ConversionError
+from convcli.core.errors import ConversionError, UnavailableError
+from convcli.core.intermediates import Intermediates, TensorInfo
 from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
+from convcli.runners.onnx_reference import UNJOINABLE, ReferenceView, join_samples, read_reference
 
 # What ncnn Mats hold: float inputs go in as float32, integer ones (token ids) as int32 (pnnx turns
 # torch.long inputs into int; ncnn's Embed/Gather read int32).
@@ -103,9 +106,18 @@ class NcnnSession(Session):
         self.description = f"ncnn {package_version('ncnn') or ncnn.__version__} CPU, {threads} threads, {mode}"
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results = self.extract(feed, [blob for _, blob in self.outputs])
+        return [restore_shape(results[blob], self.output_shapes.get(name)) for name, blob in self.outputs]
+
+    def extract(self, feed: dict[str, np.ndarray], blobs: list[str]) -> dict[str, np.ndarray]:
+        """Feed one sample and return the named blobs as ncnn computes them (no batch axis). Light mode is
+        off for more than one blob: it frees blobs once consumed, and an intermediate asked for later would
+        then be computed again from inputs that are gone."""
         ncnn = self.ncnn
         keep: list[Any] = []  # ncnn Mats may borrow the numpy buffers: keep them alive until extraction
         with self.net.create_extractor() as ex:
+            if len(blobs) > 1:
+                ex.set_light_mode(False)
             for name, blob in self.inputs.items():
                 if name not in feed:
                     raise ConversionError(f"ncnn model needs input '{name}' (blob {blob}) the feed lacks")
@@ -124,14 +136,12 @@ class NcnnSession(Session):
                 keep += [data, mat]
                 if ex.input(blob, mat) != 0:
                     raise ConversionError(f"ncnn model has no input blob '{blob}' (for input '{name}')")
-            results = []
-            for name, blob in self.outputs:
+            results = {}
+            for blob in blobs:
                 ret, mat = ex.extract(blob)
                 if ret != 0:
-                    raise ConversionError(f"ncnn failed to compute output blob '{blob}' (for output '{name}'), "
-                                          f"error {ret}")
-                out = np.array(mat, copy=True)
-                results.append(restore_shape(out, self.output_shapes.get(name)))
+                    raise ConversionError(f"ncnn failed to compute blob '{blob}', error {ret}")
+                results[blob] = np.array(mat, copy=True)
         return results
 
     def close(self) -> None:
@@ -164,6 +174,182 @@ def run_request(request_file: str) -> None:
         np.savez(dst, *outs)
 
 
+# ncnn layer type -> the ONNX op types whose output it computes. pnnx numbers ncnn blobs (1, 2, ...; in0/out0
+# for the graph's inputs and outputs) after its own fusions, whether it converts TorchScript or ONNX, so an
+# intermediate blob carries no ONNX or module name: blobs are matched to the reference graph by structure.
+NCNN_TO_ONNX: dict[str, tuple[str, ...]] = {
+    "Convolution": ("Conv",), "ConvolutionDepthWise": ("Conv",), "Convolution1D": ("Conv",),
+    "Convolution3D": ("Conv",), "ConvolutionDepthWise1D": ("Conv",), "ConvolutionDepthWise3D": ("Conv",),
+    "Deconvolution": ("ConvTranspose",), "DeconvolutionDepthWise": ("ConvTranspose",),
+    "InnerProduct": ("Gemm", "MatMul", "Add"), "Gemm": ("Gemm", "MatMul", "Add"), "MatMul": ("MatMul", "Gemm"),
+    "Pooling": ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"),
+    "Pooling1D": ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"),
+    "Reduction": ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2"),
+    "ReLU": ("Relu", "LeakyRelu"), "Clip": ("Clip",), "Sigmoid": ("Sigmoid",), "TanH": ("Tanh",),
+    "HardSwish": ("HardSwish",), "HardSigmoid": ("HardSigmoid",), "Mish": ("Mish",), "Swish": ("Mul",),
+    "GELU": ("Gelu", "Mul"), "ELU": ("Elu",), "PReLU": ("PRelu",), "Softmax": ("Softmax",),
+    "BatchNorm": ("BatchNormalization",), "LayerNorm": ("LayerNormalization",),
+    "GroupNorm": ("GroupNormalization", "InstanceNormalization"), "InstanceNorm": ("InstanceNormalization",),
+    "Eltwise": ("Add", "Mul", "Max", "Sum"), "BinaryOp": ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"),
+    "UnaryOp": ("Abs", "Neg", "Floor", "Ceil", "Sqrt", "Reciprocal", "Exp", "Log", "Sin", "Cos", "Tan", "Tanh",
+                "Round", "Erf"),
+    "Flatten": ("Flatten", "Reshape"), "Reshape": ("Reshape", "Flatten", "Squeeze", "Unsqueeze"),
+    "Squeeze": ("Squeeze", "Reshape"), "ExpandDims": ("Unsqueeze", "Reshape"), "Permute": ("Transpose",),
+    "Concat": ("Concat",), "Slice": ("Slice", "Split"), "Crop": ("Slice",), "Interp": ("Resize", "Upsample"),
+    "Padding": ("Pad",), "Dropout": ("Dropout", "Identity"), "Embed": ("Gather",), "Gather": ("Gather",),
+    # The whole attention block: its output is the out-projection's (the first of these of its shape).
+    "MultiHeadAttention": ("Gemm", "MatMul", "Add"),
+}
+# ncnn's fused activation (param 9 of Convolution*, Deconvolution*, InnerProduct) -> the ONNX op it absorbed.
+FUSED_ACTIVATION = {1: ("Relu", "LeakyRelu"), 2: ("LeakyRelu",), 3: ("Clip",), 4: ("Sigmoid",), 5: ("Mish",),
+                    6: ("HardSwish",)}
+_WITH_ACTIVATION = ("Convolution", "Deconvolution", "InnerProduct")
+
+
+def param_layers(path: Path) -> list[tuple[str, str, list[str], list[str], dict[int, str]]]:
+    """Layers of an ncnn .param: (type, name, bottoms, tops, params by id)."""
+    lines = [ln.split() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    layers = []
+    for tokens in lines[2:]:
+        nb, nt = int(tokens[2]), int(tokens[3])
+        params = {}
+        for item in tokens[4 + nb + nt:]:
+            key, _, value = item.partition("=")
+            with contextlib.suppress(ValueError):
+                params[int(key)] = value
+        layers.append((tokens[0], tokens[1], tokens[4:4 + nb], tokens[4 + nb:4 + nb + nt], params))
+    return layers
+
+
+def _size_fits(ref_shape: list[int] | None, batch_axis: int | None, blob_shape: tuple[int, ...] | None) -> bool:
+    """Whether a blob (one sample) can hold the reference tensor at batch 1: the same dims once size-1 dims are
+    dropped (ncnn drops the batch and keeps c/h/w in ONNX's order) where every dim is known, else True."""
+    if ref_shape is None or blob_shape is None:
+        return True
+    dims = [1 if i == batch_axis else d for i, d in enumerate(ref_shape)]
+    return any(d < 0 for d in dims) or [d for d in dims if d != 1] == [d for d in blob_shape if d != 1]
+
+
+def match_blobs(layers: list[tuple[str, str, list[str], list[str], dict[int, str]]], ref: ReferenceView,
+                inputs: dict[str, str], outputs: list[tuple[str, str]],
+                blob_shapes: dict[str, tuple[int, ...]] | None = None,
+                ) -> tuple[dict[str, str], dict[str, int], dict[str, tuple[str, str]]]:
+    """Which reference ONNX tensor each ncnn blob holds, by structure (blob names carry no ONNX names).
+
+    Graph inputs and outputs match through the artifact's blob map. Every other layer, in file order, takes
+    the earliest reference tensor not yet taken that (a) a node of a corresponding op type computes
+    (``NCNN_TO_ONNX``; with a fused activation, the activation's op), (b) comes after the tensors matched to
+    the layer's inputs, and (c) has the blob's dims, size-1 dims dropped (``_size_fits``; when ``blob_shapes``
+    are known). ``InnerProduct``/``Gemm`` with a bias take the ``Add`` after a ``MatMul``. A fused
+    activation swallows the tensor of the op before it (counted as fused). Split layers only copy a blob (ncnn
+    inserts them where a blob has several consumers): their tops stand for the bottom's tensor.
+
+    Returns blob -> reference name, reason -> count of blobs left unmatched, and blob -> (layer, type).
+    """
+    nodes = ref.nodes
+    position = {out: i for i, (_, _, out) in enumerate(nodes)}
+    producer = {out: (op, ins) for op, ins, out in nodes}
+    found: dict[str, str] = {blob: name for name, blob in inputs.items()}
+    found.update({blob: name for name, blob in outputs if name in position})
+    taken = set(found.values())
+    unmatched: dict[str, int] = {}
+    where: dict[str, tuple[str, str]] = {}
+
+    def count(reason: str, n: int = 1) -> None:
+        unmatched[reason] = unmatched.get(reason, 0) + n
+
+    for kind, name, bottoms, tops, params in layers:
+        for top in tops:
+            where[top] = (name, kind)
+        if kind == "Input":
+            continue
+        if kind == "Split":
+            for top in tops:
+                if bottoms and bottoms[0] in found:
+                    found.setdefault(top, found[bottoms[0]])
+            continue
+        for top in tops:
+            if top in found:  # a graph output
+                continue
+            ops = NCNN_TO_ONNX.get(kind)
+            activation = int(params.get(9, "0") or 0) if kind.startswith(_WITH_ACTIVATION) else 0
+            if activation:
+                ops = FUSED_ACTIVATION.get(activation)
+            elif kind in ("InnerProduct", "Gemm"):
+                # With a bias (InnerProduct: param 1; Gemm: a C operand, param 10 >= 0), a MatMul's output is not
+                # this blob: the Add after it is.
+                bias = params.get(1, "0") == "1" if kind == "InnerProduct" else params.get(10, "-1") != "-1"
+                ops = ("Gemm", "Add") if bias else ("Gemm", "MatMul")
+            if not ops:
+                count(f"no ONNX counterpart known for ncnn {kind}")
+                continue
+            after = max((position.get(found.get(b, ""), -1) for b in bottoms), default=-1)
+            shape = (blob_shapes or {}).get(top)
+            hit = next((out for op, _, out in nodes[after + 1:] if op in ops and out not in taken
+                        and _size_fits(ref.shapes.get(out), ref.axis(out), shape)), None)
+            if hit is None:
+                count("no reference tensor of that op type and size after its inputs")
+                continue
+            found[top] = hit
+            taken.add(hit)
+            if activation:
+                swallowed = [i for i in producer[hit][1] if i in producer and i not in taken]
+                count("fused by the converter (an ONNX tensor computed inside a later layer)", len(swallowed[:1]))
+    return found, unmatched, where
+
+
+def to_reference_shape(arr: np.ndarray, ref_shape: list[int] | None, batch_axis: int | None) -> np.ndarray:
+    """One sample of an ncnn blob (no batch axis; c/h/w is ONNX's channel-first order) in the reference tensor's
+    shape at batch 1: reshaped when the reference shape is fully known, else the batch axis put back."""
+    if ref_shape is not None:
+        known = [1 if i == batch_axis else d for i, d in enumerate(ref_shape)]
+        if all(d >= 0 for d in known) and arr.size == math.prod(known):
+            return arr.reshape(known)
+        if batch_axis is not None and arr.ndim == len(ref_shape) - 1:
+            return np.expand_dims(arr, batch_axis)
+    return arr if batch_axis is None else np.expand_dims(arr, 0)
+
+
+def ncnn_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                       wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+    """Every blob of the ncnn model for ``feed`` (one sample at a time), named after the reference ONNX tensor
+    it holds (``match_blobs``), in that tensor's shape, samples joined on its batch axis. ncnn computes in
+    float32 (fp16 storage and int8 layers are converted back when a blob is extracted), so nothing needs
+    dequantizing here. Split blobs (copies) are not returned."""
+    if reference is None:
+        raise UnavailableError("ncnn blobs carry no ONNX names; matching them needs the reference ONNX graph",
+                               hint="divergence on ncnn needs a chain that started from (or exported) ONNX")
+    session = session_for(artifact, threads)
+    try:
+        assert artifact.path is not None
+        layers = param_layers(artifact.path)
+        ref = read_reference(reference, feed)
+        blobs = [top for kind, _, _, tops, _ in layers if kind not in ("Input", "Split") for top in tops]
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        samples = [{k: v[i:i + 1] for k, v in feed.items()} for i in range(n)]
+        first = session.extract(samples[0], blobs) if samples else {}
+        shapes = {b: tuple(a.shape) for b, a in first.items()}
+        found, unmatched, where = match_blobs(layers, ref, session.inputs, session.outputs, shapes)
+        for blob in [b for b in blobs if n > 1 and found.get(b) in ref.unjoinable]:
+            del found[blob]
+            unmatched[UNJOINABLE] = unmatched.get(UNJOINABLE, 0) + 1
+        keep = set(wanted) if wanted is not None else None
+        chosen = [b for b in blobs if b in found and (keep is None or found[b] in keep)]
+        got: dict[str, list[np.ndarray]] = {b: [] for b in chosen}
+        for i, sample in enumerate(samples):
+            raw = first if i == 0 else session.extract(sample, chosen)
+            for b in chosen:
+                name = found[b]
+                got[b].append(to_reference_shape(raw[b], ref.shapes.get(name), ref.axis(name)).astype(np.float32))
+        tensors = {b: got[b][0] if ref.axis(found[b]) is None else join_samples(got[b], ref.axis(found[b]) or 0)
+                   for b in chosen}
+        return Intermediates(tensors=tensors, order=list(chosen), reference={b: found[b] for b in chosen},
+                             info={b: TensorInfo(layer=where[b][0], op=where[b][1]) for b in chosen},
+                             unmatched=unmatched)
+    finally:
+        session.close()
+
+
 class NcnnRunner(Runner):
     name = "ncnn"
     formats = ("ncnn",)
@@ -171,6 +357,10 @@ class NcnnRunner(Runner):
 
     def load(self, artifact: Artifact, threads: int) -> Session:
         return session_for(artifact, threads)
+
+    def intermediates(self, artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                      wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+        return ncnn_intermediates(artifact, feed, threads, wanted, reference)
 
 
 def register(registry: Registry) -> None:

@@ -21,7 +21,10 @@ LiteRT is the standalone interpreter package: it does not import TensorFlow.
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +33,20 @@ import numpy as np
 
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError
+from convcli.core.intermediates import Intermediates, TensorInfo
 from convcli.core.lazy import package_version, require
 from convcli.core.quiet import captured_fd2
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
+from convcli.runners.onnx_reference import UNJOINABLE, ReferenceView, join_samples, read_reference
 
 CHANNEL_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
 CHANNEL_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
+# Beside a .tflite made by onnx2tf (model.tflite -> model.onnx2tf-names.json): which Keras layer computes each
+# ONNX tensor, written by the converter's child process. TFLite tensors are named after those layers.
+LAYER_MAP_SUFFIX = ".onnx2tf-names.json"
+PERMUTED = "permuted"  # a TFLite tensor whose axes are some permutation of the ONNX tensor's
+DIFFERED = "differed from ONNX at conversion in every arrangement (onnx2tf computes it in another form)"
 
 
 def to_channel_last(shape: Sequence[int]) -> tuple[int, ...]:
@@ -162,12 +172,15 @@ class TfliteSession(Session):
     uses them to try the layouts that shapes alone cannot tell apart)."""
 
     def __init__(self, artifact: Artifact, threads: int, input_layouts: dict[str, str] | None = None,
-                 output_layouts: dict[str, str] | None = None) -> None:
+                 output_layouts: dict[str, str] | None = None, keep_all_tensors: bool = False) -> None:
         litert = require("ai_edge_litert.interpreter", "running TFLite models")
         assert artifact.path is not None
-        with captured_fd2() as said:
+        with captured_fd2() as said, warnings.catch_warnings():
+            # LiteRT warns that keeping every tensor costs memory: that is what intermediates ask for.
+            warnings.simplefilter("ignore", UserWarning)
             try:
-                self.interpreter = litert.Interpreter(model_path=str(artifact.path), num_threads=threads)
+                self.interpreter = litert.Interpreter(model_path=str(artifact.path), num_threads=threads,
+                                                      experimental_preserve_all_tensors=keep_all_tensors)
                 self.interpreter.allocate_tensors()
                 failure = None
             except Exception as exc:
@@ -244,6 +257,235 @@ class TfliteSession(Session):
         self.interpreter = None
 
 
+def layer_map(path: Path) -> tuple[list[tuple[str, str, list[int] | None]], dict[str, list[int] | None]]:
+    """What onnx2tf's conversion recorded beside ``path``: (ONNX tensor, Keras layer, ONNX shape) rows in ONNX
+    topological order, and the arrangement checked at conversion (ONNX tensor -> the axis permutation that turns
+    the TFLite tensor into the ONNX one, None where none did; see ``arrangements``). Empty when there is no such
+    file (a .tflite not made by convcli's onnx2tf step)."""
+    sidecar = path.with_suffix(LAYER_MAP_SUFFIX)
+    if not sidecar.is_file():
+        return [], {}
+    data = json.loads(sidecar.read_text())
+    rows = data.get("onnx2tf_layers") or []
+    checked = {str(k): [int(a) for a in v] if v is not None else None for k, v in (data.get("checked") or {}).items()}
+    return [(str(r[0]), str(r[1]), [int(d) for d in r[2]] if r[2] else None) for r in rows], checked
+
+
+def _perms(shape: Sequence[int], target: Sequence[int]) -> list[tuple[int, ...]]:
+    """Axis permutations (identity first, then channel-last back to channel-first) turning ``shape`` into
+    ``target``; beyond 5 dims only those two are tried."""
+    n = len(shape)
+    first = [tuple(range(n)), (0, n - 1, *range(1, n - 1))] if n > 2 else [tuple(range(n))]
+    pool = first + ([q for q in itertools.permutations(range(n)) if q not in first] if n <= 5 else [])
+    return [q for q in dict.fromkeys(pool) if tuple(shape[a] for a in q) == tuple(target)]
+
+
+def arrangements(artifact: Artifact, reference: Path, feed: dict[str, np.ndarray], reference_values: dict[str,
+                 np.ndarray], threads: int, max_rel: float) -> dict[str, list[int] | None]:
+    """For each TFLite tensor ``match_tensors`` names, the axis permutation that makes it equal the ONNX tensor
+    on ``feed`` (one fixed-size batch), or None when none comes within ``max_rel`` (max abs error relative to
+    max |reference|). Shapes alone cannot tell a (1, 4, 16, 16) attention tensor from its transpose when the
+    sequence length equals the head size, and onnx2tf rearranges such tensors freely; this runs once at
+    conversion, where the TFLite model is known to be onnx2tf's faithful output, so later runs (of this file or
+    an altered copy) read the same tensors the same way and are judged on values only then.
+    """
+    assert artifact.path is not None
+    session = TfliteSession(artifact, threads, keep_all_tensors=True)
+    try:
+        layers, _ = layer_map(artifact.path)
+        ref = read_reference(reference)
+        outputs = {name: det for name, det in session.out_map.items() if name in ref.names}
+        found, _, _ = match_tensors(session.interpreter, layers, ref, outputs, prefer_channel_last=False)
+        session.run(feed)
+        details = {d["index"]: d for d in session.interpreter.get_tensor_details()}
+        checked: dict[str, list[int] | None] = {}
+        for index, (name, _) in found.items():
+            want = reference_values.get(name)
+            if want is None:
+                continue
+            got = dequantize(session.interpreter.get_tensor(index), details[index]).astype(np.float64)
+            scale = max(float(np.max(np.abs(want))) if want.size else 0.0, 1e-12)
+            best: tuple[float, tuple[int, ...]] | None = None
+            for perm in _perms(got.shape, want.shape):
+                err = float(np.max(np.abs(np.transpose(got, perm) - want))) / scale if want.size else 0.0
+                if best is None or err < best[0] - 1e-9:
+                    best = (err, perm)
+            checked[name] = list(best[1]) if best is not None and best[0] <= max_rel else None
+        return checked
+    finally:
+        session.close()
+
+
+def tensor_layout(ref_shape: list[int] | None, shape: Sequence[int], prefer_channel_last: bool) -> str | None:
+    """How a TFLite tensor of ``shape`` holds a reference tensor of ``ref_shape``: "same", a channel-last
+    layout name (to transpose back), or None when neither fits (or the reference shape is unknown). Batch and
+    unknown (-1) dims are not compared; when both fit (e.g. 1x8x8x8), ``prefer_channel_last`` decides."""
+    tfl = [int(d) for d in shape]
+    if ref_shape is None or len(ref_shape) != len(tfl):
+        return None
+
+    def fits(a: Sequence[int], b: Sequence[int]) -> bool:
+        return all(x == y or x < 0 for x, y in zip(a[1:], b[1:], strict=True))
+
+    same = fits(ref_shape, tfl)
+    last = len(tfl) in CHANNEL_LAST and fits(to_channel_last(ref_shape), tfl)
+    if same and last:
+        return CHANNEL_LAST[len(tfl)] if prefer_channel_last else "same"
+    return "same" if same else CHANNEL_LAST[len(tfl)] if last else None
+
+
+def _name_parts(name: str) -> list[str]:
+    """The TF names a TFLite tensor name is made of: converters join the names of fused ops with ';'."""
+    return [p for p in name.split(";") if p]
+
+
+def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | None]], ref: ReferenceView,
+                  outputs: dict[str, dict[str, Any]], prefer_channel_last: bool,
+                  ) -> tuple[dict[int, tuple[str, str]], list[int], dict[str, int]]:
+    """Which reference ONNX tensor each computed TFLite tensor holds.
+
+    Candidates for a tensor: through onnx2tf's layer map, every ONNX tensor computed by a Keras layer named in
+    the tensor's name (a '/'-separated segment of any ';'-joined part); without one, reference names equal to a
+    part (with or without ':0', as tf2onnx writes TensorFlow names). A fused tensor (Conv+Add+Relu in one op)
+    holds the *latest* of its candidates in the reference order; the others are counted as fused. The model's
+    outputs match through the signature (``outputs``: reference output name -> tensor details). Two tensors
+    holding one ONNX tensor: the later in execution order wins (it is the value the graph goes on with). The
+    shape decides the layout (``tensor_layout``; onnx2tf's static shape where it recorded one); integer tensors
+    without a scale (shapes, indices) are not compared.
+
+    Returns tensor index -> (reference name, layout), the computed tensors in execution order, and reason ->
+    count for the computed tensors left unmatched.
+    """
+    order: list[int] = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "DELEGATE":  # a delegate re-lists tensors the original ops already computed
+            continue
+        order += [int(i) for i in op["outputs"] if int(i) >= 0 and int(i) not in order]
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    rank = {n: i for i, n in enumerate(ref.names or [r[0] for r in layers])}
+    static = {r[0]: r[2] for r in layers if r[2]}
+    by_layer: dict[str, list[str]] = {}
+    for onnx_name, layer, _ in layers:
+        by_layer.setdefault(layer, []).append(onnx_name)
+    by_output = {int(d["index"]): name for name, d in outputs.items()}
+    found: dict[int, tuple[str, str]] = {}
+    unmatched: dict[str, int] = {}
+    ambiguous: set[int] = set()
+
+    def count(reason: str, n: int = 1) -> None:
+        unmatched[reason] = unmatched.get(reason, 0) + n
+
+    for index in order:
+        det = details[index]
+        if np.dtype(det["dtype"]).kind not in "f" and quantization(det) is None:
+            count("integer tensor (shapes, indices): not compared")
+            continue
+        if index in by_output:
+            named = [by_output[index]]
+        elif layers:
+            named = [o for part in _name_parts(det["name"]) for seg in part.split("/") for o in by_layer.get(seg, [])]
+        else:
+            named = [c for part in _name_parts(det["name"]) for c in (part, f"{part}:0") if c in rank]
+        named = list(dict.fromkeys(named))
+        candidates = [c for c in named if c in rank]
+        if not candidates:
+            count("not in the reference graph (renamed before conversion)" if named else
+                  "no ONNX tensor of that name (a converter-made op, e.g. a layout transpose)" if layers else
+                  "no reference tensor of that name" if rank else "no reference graph to name it")
+            continue
+        best = max(candidates, key=lambda c: rank[c])
+        shape = static.get(best) or ref.shapes.get(best)
+        layout = tensor_layout(shape, det["shape"], prefer_channel_last)
+        if layout is not None and layout != tensor_layout(shape, det["shape"], not prefer_channel_last):
+            ambiguous.add(index)
+        if layout is None and best in static and _perms([int(d) for d in det["shape"]], static[best]):
+            layout = PERMUTED  # usable only with the arrangement checked at conversion
+        if layout is None:
+            count("shape differs from the reference tensor's (or is unknown)")
+            continue
+        if len(candidates) > 1:
+            count("fused by the converter (an ONNX tensor computed inside a later op)", len(candidates) - 1)
+        for earlier, (name, _) in list(found.items()):
+            if name == best:
+                del found[earlier]
+                count("recomputed by a later op (the later value is the one compared)")
+        found[index] = (best, layout)
+    # Where both layouts fit, the nearest tensor of the same rank whose shape decided it tells (a tf2onnx graph
+    # is channel-first after its first Conv, so an 8x8x8 activation there is NCHW as its neighbours are).
+    decided = [(order.index(i), len(details[i]["shape"]), lay) for i, (_, lay) in found.items()
+               if i not in ambiguous and lay != PERMUTED]
+    for index in ambiguous & set(found):
+        pos, dims = order.index(index), len(details[index]["shape"])
+        near = sorted((abs(p - pos), lay) for p, r, lay in decided if r == dims)
+        if near:
+            found[index] = (found[index][0], near[0][1])
+    return found, order, unmatched
+
+
+def tflite_intermediates(artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                         wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+    """Every tensor LiteRT computes for ``feed``, named after the reference ONNX tensor it holds.
+
+    The interpreter keeps all tensors (``experimental_preserve_all_tensors``) and runs one fixed-size batch at
+    a time; samples are joined on each tensor's batch axis in the reference graph. Names are matched by
+    ``match_tensors`` (layouts where both fit: channel-last when the model takes a channel-last input, as
+    onnx2tf then keeps 3-5-D activations channel-last). Each matched tensor is dequantized (int8 with its scale
+    and zero point), cast to float32 and transposed back to the reference layout. Keys of ``tensors`` are the
+    TFLite tensor names.
+    """
+    assert artifact.path is not None
+    session = TfliteSession(artifact, threads, keep_all_tensors=True)
+    try:
+        it = session.interpreter
+        ref = read_reference(reference, feed)
+        outputs = {name: det for name, det in session.out_map.items() if not ref.names or name in ref.names}
+        prefer_last = any(is_channel_last(lay) for lay in session.layouts.values())
+        layers, checked = layer_map(artifact.path)
+        found, order, unmatched = match_tensors(it, layers, ref, outputs, prefer_last)
+        for index, (name, layout) in list(found.items()):
+            reason = (DIFFERED if name in checked and checked[name] is None else
+                      "shape differs from the reference tensor's (or is unknown)"
+                      if layout == PERMUTED and name not in checked else None)
+            if reason:
+                del found[index]
+                unmatched[reason] = unmatched.get(reason, 0) + 1
+        batch = session.fixed_batch or 1
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        for index, (name, _) in list(found.items()):
+            if n > batch and name in ref.unjoinable:
+                del found[index]
+                unmatched[UNJOINABLE] = unmatched.get(UNJOINABLE, 0) + 1
+        keep = set(wanted) if wanted is not None else None
+        chosen = [i for i in order if i in found and (keep is None or found[i][0] in keep)]
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        ops = {int(o): op["op_name"] for op in it._get_ops_details() if op["op_name"] != "DELEGATE"
+               for o in op["outputs"]}
+        samples: dict[int, list[np.ndarray]] = {i: [] for i in chosen}
+        for start in range(0, max(n, 1), batch):
+            session.run({k: v[start:start + batch] for k, v in feed.items()})
+            for i in chosen:
+                arr = dequantize(it.get_tensor(i), details[i]).astype(np.float32, copy=False)
+                perm = checked.get(found[i][0])
+                if perm is not None and len(perm) == arr.ndim:
+                    arr = np.transpose(arr, perm)
+                elif is_channel_last(found[i][1]):
+                    arr = np.transpose(arr, (0, arr.ndim - 1, *range(1, arr.ndim - 1)))
+                samples[i].append(np.ascontiguousarray(arr))
+        tensors = {}
+        for i in chosen:
+            axis = ref.axis(found[i][0])
+            # A tensor without a batch axis does not depend on the sample: the first run's value is the batch's.
+            tensors[details[i]["name"]] = samples[i][0] if axis is None else join_samples(samples[i], axis)
+        return Intermediates(
+            tensors=tensors, order=[details[i]["name"] for i in chosen],
+            reference={details[i]["name"]: found[i][0] for i in chosen},
+            info={details[i]["name"]: TensorInfo(layer=details[i]["name"].split(";")[0], op=ops.get(i, ""))
+                  for i in chosen},
+            unmatched=unmatched)
+    finally:
+        session.close()
+
+
 class LiteRtRunner(Runner):
     name = "litert"
     formats = ("tflite",)
@@ -251,6 +493,10 @@ class LiteRtRunner(Runner):
 
     def load(self, artifact: Artifact, threads: int) -> Session:
         return TfliteSession(artifact, threads)
+
+    def intermediates(self, artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                      wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+        return tflite_intermediates(artifact, feed, threads, wanted, reference)
 
 
 def register(registry: Registry) -> None:
