@@ -124,16 +124,22 @@ def optimization_profile(inputs: list[TensorSpec], profile_max: dict[str, int] |
     for spec in inputs:
         if not spec.dynamic_dims:
             continue
-        low, opt, high = [], [], []
+        low: list[int] = []
+        opt: list[int] = []
+        high: list[int] = []
         for d in spec.shape:
             if not d.dynamic:
-                low.append(d.size), opt.append(d.size), high.append(d.size)
+                low.append(d.size)
+                opt.append(d.size)
+                high.append(d.size)
                 continue
             top = profile_max.get(d.name or "", max(2 * d.size, DEFAULT_PROFILE_MAX))
             if top < d.size:
                 raise ConversionError(f"TensorrtFromOnnx: profile_max {d.name}={top} is below the example size "
                                       f"{d.size} of input '{spec.name}'")
-            low.append(1), opt.append(d.size), high.append(top)
+            low.append(1)
+            opt.append(d.size)
+            high.append(top)
         profile[spec.name] = (low, opt, high)
     return profile
 
