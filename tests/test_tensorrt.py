@@ -27,6 +27,7 @@ from convcli.core.planner import TargetRequest, plan
 from convcli.core.registry import Registry, default_registry
 from convcli.core.step import Availability, Converter, StepContext
 from convcli.core.tensors import parse_input_spec
+from convcli.job.keys import step_keys
 from convcli.parity.data import random_data
 from convcli.passes.fp16_onnx import ConvertOnnxFp16, ort_outputs
 from convcli.passes.quantize_onnx import Int8Options, QuantizeOnnxInt8
@@ -123,6 +124,18 @@ class _EngineFromOnnx(Converter):
         return Availability(True)
 
 
+def _registry_with(engine: type[Converter]) -> Registry:
+    """The built-in registry with ``engine`` in TensorrtFromOnnx's place."""
+    registry, own = default_registry(), Registry()
+    for fmt in registry.formats.values():
+        own.add_format(fmt)
+    for step in (*registry.converters.values(), *registry.passes.values()):
+        if step is not TensorrtFromOnnx:
+            own.add_step(step)
+    own.add_step(engine)
+    return own
+
+
 def test_planner_puts_the_precision_pass_before_the_engine() -> None:
     registry = default_registry()
     requests = [TargetRequest("tensorrt", p) for p in ("fp32", "fp16", "int8")]
@@ -138,15 +151,8 @@ def test_planner_puts_the_precision_pass_before_the_engine() -> None:
     assert int8.options.activation_type == "int8"  # type: ignore[attr-defined]  # TensorRT's need wins over -O
     assert the_plan.steps[by_id["onnx-fp16-for-tensorrt"].chain[-1]].step is ConvertOnnxFp16
 
-    own = Registry()
-    for fmt in registry.formats.values():
-        own.add_format(fmt)
-    for step in (*registry.converters.values(), *registry.passes.values()):
-        if step is not TensorrtFromOnnx:
-            own.add_step(step)
-    own.add_step(_EngineFromOnnx)
-    the_plan = plan(own, "onnx", [TargetRequest("onnx", "fp16"), TargetRequest("tensorrt", "fp16"),
-                                  TargetRequest("tensorrt", "int8")])
+    requests = [TargetRequest("onnx", "fp16"), TargetRequest("tensorrt", "fp16"), TargetRequest("tensorrt", "int8")]
+    the_plan = plan(_registry_with(_EngineFromOnnx), "onnx", requests)
     by_id = {t.request.label: t for t in the_plan.targets}
     # onnx-fp16 was asked for and is the engine's input: one row, not two
     assert list(by_id) == ["onnx-fp16", "tensorrt-fp16", "onnx-int8-for-tensorrt", "tensorrt-int8"]
@@ -154,6 +160,28 @@ def test_planner_puts_the_precision_pass_before_the_engine() -> None:
     engine = the_plan.steps[by_id["tensorrt-int8"].final_step]  # type: ignore[index]
     assert engine.input_id == by_id["onnx-int8-for-tensorrt"].final_step
     assert engine.options.precision == "int8"  # type: ignore[attr-defined]
+
+
+def test_engine_step_key_carries_the_machine_identity() -> None:
+    """An engine is valid only on the GPU/driver/TensorRT that built it: two machines that differ only there
+    share every upstream step's key and differ in the engine step's."""
+
+    class OnGpuA(_EngineFromOnnx):
+        @classmethod
+        def machine_key(cls) -> dict[str, str]:
+            return {"gpu": "A", "driver": "1", "tensorrt": "11.4"}
+
+    class OnGpuB(OnGpuA):
+        @classmethod
+        def machine_key(cls) -> dict[str, str]:
+            return {"gpu": "B", "driver": "1", "tensorrt": "11.4"}
+
+    keys = []
+    for engine in (OnGpuA, OnGpuB):
+        the_plan = plan(_registry_with(engine), "pytorch", [TargetRequest("tensorrt", "fp32")])
+        assert [s.step.name for s in the_plan.steps.values()] == ["OnnxFromPytorch", "SimplifyOnnx", "EngineFromOnnx"]
+        keys.append(step_keys(the_plan, "root", None))
+    assert keys[0]["s1"] == keys[1]["s1"] and keys[0]["s2"] == keys[1]["s2"] and keys[0]["s3"] != keys[1]["s3"]
 
 
 @pytest.mark.skipif(tensorrt_availability().available, reason="TensorRT is usable here: the rows are built")
