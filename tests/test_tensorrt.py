@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from convcli.converters.onnx_to_tensorrt import (
     TENSORRT_INT8,
     TensorrtFromOnnx,
+    _proc_gpu_identity,
     check_onnx_for_tensorrt,
     optimization_profile,
     tensorrt_availability,
@@ -58,6 +59,15 @@ def test_profile_from_input_specs() -> None:
         optimization_profile([image], {"batch": 4})
     with pytest.raises(ConversionError, match=r"\['height'\], which are not dynamic"):
         optimization_profile([image], {"height": 64})
+
+
+def test_gpu_identity_from_the_drivers_proc_files(tmp_path: Path) -> None:
+    """Without nvidia-smi (some containers) the GPU model and driver come from /proc/driver/nvidia."""
+    (tmp_path / "gpus/0000:01:00.0").mkdir(parents=True)
+    (tmp_path / "gpus/0000:01:00.0/information").write_text("Model: \t\t NVIDIA H200\nIRQ:\t\t 17\n")
+    (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 2024\n")
+    assert _proc_gpu_identity(tmp_path) == {"gpu": "NVIDIA H200", "driver": "550.54.15", "compute_capability": ""}
+    assert _proc_gpu_identity(tmp_path / "missing") == {}
 
 
 def test_tensorrt_qdq_form_refuses_what_tensorrt_cannot_build() -> None:

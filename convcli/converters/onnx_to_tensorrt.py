@@ -73,11 +73,11 @@ class TensorrtOptions(BaseModel):
 
 
 def gpu_identity() -> dict[str, str]:
-    """GPU model(s), driver and CUDA compute capability from nvidia-smi, without importing any CUDA package;
-    empty when there is no nvidia-smi."""
+    """GPU model(s), driver and CUDA compute capability from nvidia-smi, else the driver's /proc files (a
+    container without nvidia-smi), without importing any CUDA package; empty when neither lists a GPU."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return {}
+        return _proc_gpu_identity()
     try:
         proc = subprocess.run([smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=30, check=False)
@@ -88,6 +88,20 @@ def gpu_identity() -> dict[str, str]:
         return {}
     return {"gpu": "; ".join(r[0] for r in rows), "driver": rows[0][1] if len(rows[0]) > 1 else "",
             "compute_capability": rows[0][2] if len(rows[0]) > 2 else ""}
+
+
+def _proc_gpu_identity(root: Path = Path("/proc/driver/nvidia")) -> dict[str, str]:
+    models = []
+    for info in sorted(root.glob("gpus/*/information")):
+        found = re.search(r"^Model:\s*(.+)$", info.read_text(errors="replace"), re.MULTILINE)
+        if found:
+            models.append(found.group(1).strip())
+    if not models:
+        return {}
+    version = root / "version"
+    driver = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9.]+)", version.read_text(errors="replace")) \
+        if version.is_file() else None
+    return {"gpu": "; ".join(models), "driver": driver.group(1) if driver else "", "compute_capability": ""}
 
 
 @functools.cache
@@ -105,7 +119,8 @@ def tensorrt_availability() -> Availability:
     if not (Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi")):
         return Availability(False, "no CUDA device: no NVIDIA GPU or driver on this machine", {"tensorrt": version})
     if not gpu_identity():
-        return Availability(False, "no CUDA device: nvidia-smi lists no GPU", {"tensorrt": version})
+        return Availability(False, "no CUDA device: neither nvidia-smi nor /proc/driver/nvidia lists a GPU",
+                            {"tensorrt": version})
     return Availability(True, "", {"tensorrt": version})
 
 
