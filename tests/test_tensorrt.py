@@ -260,7 +260,7 @@ def test_tiny_engine_builds_runs_and_matches_onnxruntime(precision: str, tmp_pat
         work.mkdir()
         ctx = StepContext(workdir=work, calibration_source=lambda: calib)
         step = (ConvertOnnxFp16() if precision == "fp16" else
-                QuantizeOnnxInt8(Int8Options(**TENSORRT_INT8, max_accuracy_drop=None)))
+                QuantizeOnnxInt8(Int8Options(**TENSORRT_INT8, on_budget_miss="keep_best")))
         onnx_in = step.run(onnx_in, ctx)
     (tmp_path / "engine").mkdir()
     ctx = StepContext(workdir=tmp_path / "engine", cache_dir=tmp_path / "cache", timeout_s=600)
