@@ -13,7 +13,7 @@ from convcli.core.formats import BUILTIN_FORMATS
 from convcli.core.registry import Registry
 
 BUILTIN_MODULES = (
-    "convcli.sources.torch_sources",
+    "convcli.sources.torch_sources", "convcli.sources.objects",
     "convcli.sources.onnx_source",
     "convcli.converters.torch_to_onnx",
     "convcli.converters.onnx_to_tensorrt", "convcli.runners.tensorrt_runner",

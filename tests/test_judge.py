@@ -90,3 +90,22 @@ def test_tolerance_overrides_in_a_job_keep_the_other_defaults() -> None:
     with pytest.raises(ValueError, match="unknown precision fp8"):
         JobSpec.model_validate({"source": {"model": "m.py:build"}, "targets": [{"format": "onnx"}],
                                 "tolerances": {"fp8": {"atol": 0.05}}})
+
+
+def test_the_fastest_passed_row_is_ranked_by_its_own_speedup_pair() -> None:
+    from convcli.job.evaluation import fastest_passed
+    from convcli.parity.latency import LatencyStats
+
+    def stats(p50: float) -> LatencyStats:
+        return LatencyStats(p50=p50, p90=p50, p99=p50, mean=p50, throughput=1 / p50, batch=1, runs=5)
+
+    # Cached from a quiet run: 1.0 ms against a 10 ms source (10x). Measured now, on a busier machine: 1.5 ms
+    # against a 30 ms source (20x). The raw p50 would pick the cached row; the pairs say the fresh one is faster.
+    cached = ArtifactReport(id="onnx-fp32", format="onnx", precision="fp32", status="passed",
+                            latency_ms=stats(1.0), speedup_vs_source=10.0)
+    fresh = ArtifactReport(id="openvino-fp32", format="openvino", precision="fp32", status="passed",
+                           latency_ms=stats(1.5), speedup_vs_source=20.0)
+    failed = ArtifactReport(id="tflite-fp32", format="tflite", precision="fp32", status="failed",
+                            latency_ms=stats(0.1), speedup_vs_source=300.0)
+    assert fastest_passed([cached, fresh, failed]) == "openvino-fp32"
+    assert fastest_passed([failed]) is None

@@ -8,6 +8,7 @@ from convcli import __version__
 from convcli.cli import check as check_cmd
 from convcli.cli import convert as convert_cmd
 from convcli.cli import doctor as doctor_cmd
+from convcli.cli import package as package_cmd
 from convcli.cli import recipe as recipe_cmd
 from convcli.cli import report as report_cmd
 from convcli.cli import run as run_cmd
@@ -48,6 +49,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.command("run")(run_cmd.run)
 app.add_typer(recipe_cmd.recipe_app, name="recipe")
 app.command("report")(report_cmd.report)
+app.command("package")(package_cmd.package)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import OUTPUT_KIND_HELP, err, handle_errors, out, parse_output_kinds
+from convcli.cli.common import OUTPUT_KIND_HELP, err, handle_errors, out
 from convcli.cli.convert import INPUT_HELP, MODEL_HELP
 from convcli.cli.progress import RichProgress
 
@@ -38,14 +38,13 @@ def check(
 def _check(model: str, artifacts: list[Path], inputs: list[str] | None, weights: Path | None, precision: str,
            data: Path | None, validation: Path | None, samples: int | None, threads: int | None, no_latency: bool,
            output_kind: list[str] | None, strict: bool, output: Path) -> None:
-    from convcli.cli.common import STATE, build_job, echo_command
-    from convcli.job import check_artifacts
+    from convcli import api
+    from convcli.cli.common import STATE, echo_command
     from convcli.reports.terminal import render_terminal
 
-    spec = build_job(model, "onnx", inputs, weights, precision, None, output, parity=data,
-                     validation=validation, samples=samples, threads=threads, enabled=not no_latency,
-                     outputs=parse_output_kinds(output_kind), strict=strict or None)
-    report = check_artifacts(spec, artifacts, progress=RichProgress(err), command=echo_command(),
-                             debug=bool(STATE["debug"]))
-    render_terminal(report, out)
+    report = api.check(model, artifacts, inputs, output=output, weights=weights, precision=precision, data=data,
+                       validation=validation, samples=samples, threads=threads, latency=not no_latency,
+                       outputs=output_kind, strict=strict, progress=RichProgress(err), command=echo_command(),
+                       debug=bool(STATE["debug"]))
+    render_terminal(report.written, out)
     raise typer.Exit(report.exit_code)

@@ -6,18 +6,8 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import (
-    OUTPUT_KIND_HELP,
-    build_job,
-    echo_command,
-    err,
-    handle_errors,
-    out,
-    parse_output_kinds,
-    print_plan,
-)
+from convcli.cli.common import OUTPUT_KIND_HELP, build_job, echo_command, err, handle_errors, out, print_plan
 from convcli.cli.progress import RichProgress
-from convcli.core.errors import InputError
 
 MODEL_HELP = "file.py:factory, package.module:factory, or a .onnx / .pt (TorchScript) / .pt2 file."
 TO_HELP = "Targets, comma-separated: FORMAT[:PREC+PREC][@Converter], e.g. onnx,openvino:fp16."
@@ -72,39 +62,6 @@ def convert(
     handle_errors(_convert)(**locals())
 
 
-def _step_options(option: list[str] | None, opset: int | None, exporter: str | None) -> list[str]:
-    opts = list(option or [])
-    if opset is not None:
-        opts.append(f"OnnxFromPytorch.opset={opset}")
-    if exporter is not None:
-        opts.append(f"OnnxFromPytorch.exporter={exporter}")
-    return opts
-
-
-def _prune_options(text: str | None, finetune_epochs: int) -> dict[str, object] | None:
-    if not text:
-        if finetune_epochs:
-            raise InputError("--finetune-epochs is for recovery after --prune", hint="add --prune structured:0.3")
-        return None
-    method, _, ratio = text.partition(":")
-    if method not in ("structured", "unstructured"):
-        raise InputError(f"--prune '{text}': method must be structured or unstructured, e.g. --prune structured:0.3")
-    try:
-        value = float(ratio) if ratio else 0.3
-    except ValueError:
-        raise InputError(f"--prune '{text}': ratio '{ratio}' is not a number") from None
-    return {"method": method, "ratio": value, "finetune_epochs": finetune_epochs}
-
-
-def _batches(batch: str | None) -> list[int] | None:
-    if not batch:
-        return None
-    try:
-        return [int(b) for b in batch.split(",") if b.strip()]
-    except ValueError:
-        raise InputError(f"--batch '{batch}': expected comma-separated integers, e.g. 1,8") from None
-
-
 def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weights: Path | None, precision: str,
              option: list[str] | None, opset: int | None, exporter: str | None, data: Path | None,
              validation: Path | None, tuning_fraction: float | None, calibration: Path | None,
@@ -112,27 +69,27 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
              samples: int | None, batch: str | None, runs: int | None, threads: int | None, no_latency: bool,
              output_kind: list[str] | None, strict: bool, no_simplify: bool, require_all: bool, no_cache: bool,
              cache_dir: Path | None, json_out: bool) -> None:
+    from convcli import api
     from convcli.cli.common import STATE
-    from convcli.job import run_job
     from convcli.reports.terminal import render_terminal
 
-    spec = build_job(model, to, inputs, weights, precision, _step_options(option, opset, exporter), output,
-                     parity=data, validation=validation, tuning_fraction=tuning_fraction, calibration=calibration,
-                     calibration_samples=calibration_samples, train=train,
-                     prune=_prune_options(prune, finetune_epochs), samples=samples,
-                     batches=_batches(batch), runs=runs, threads=threads, enabled=not no_latency,
-                     simplify=not no_simplify, require_all=require_all, cache=not no_cache, cache_dir=cache_dir,
-                     outputs=parse_output_kinds(output_kind), strict=strict or None)
-    result = run_job(spec, progress=RichProgress(err), command=echo_command(), debug=bool(STATE["debug"]))
+    report = api.convert(model, inputs, to, output=output, weights=weights, precision=precision, options=option,
+                         opset=opset, exporter=exporter, data=data, validation=validation,
+                         tuning_fraction=tuning_fraction, calibration=calibration,
+                         calibration_samples=calibration_samples, prune=prune, train=train,
+                         finetune_epochs=finetune_epochs, samples=samples, batch=batch, runs=runs, threads=threads,
+                         latency=not no_latency, outputs=output_kind, strict=strict, simplify=not no_simplify,
+                         require_all=require_all, cache=not no_cache, cache_dir=cache_dir,
+                         progress=RichProgress(err), command=echo_command(), debug=bool(STATE["debug"]))
     if STATE["debug"]:
-        for tb in result.tracebacks:
+        for tb in report.tracebacks:
             err.print(tb, markup=False, highlight=False)
     if json_out:
-        out.print_json(result.report.to_json())
+        out.print_json(report.written.to_json())
     else:
-        render_terminal(result.report, out)
-        out.print(f"[dim]report: {result.output / 'report.json'}[/]", highlight=False)
-    raise typer.Exit(result.report.exit_code)
+        render_terminal(report.written, out)
+        out.print(f"[dim]report: {report.output / 'report.json'}[/]", highlight=False)
+    raise typer.Exit(report.exit_code)
 
 
 def plan_command(

@@ -128,7 +128,29 @@ def _run_one(path: Path, spec: object, json_out: bool) -> int:
         render_terminal(result.report, out)
         for f in [result.output / "report.json", *written]:
             out.print(f"[dim]report: {f}[/]", highlight=False)
-    return result.report.exit_code
+    return package_after_run(spec, result.output, result.report.exit_code, json_out)
+
+
+def package_after_run(spec: object, outdir: Path, exit_code: int, json_out: bool = False) -> int:
+    """The recipe's ``package:`` section: a Triton repository from the passed artifacts, only when the run
+    passed. A packaging error is that recipe's exit code (2 or 3), printed as one line."""
+    from convcli.cli.package import write_repository
+    from convcli.core.errors import ConvcliError
+    from convcli.recipes.schema import JobSpec
+
+    assert isinstance(spec, JobSpec)
+    if spec.package is None:
+        return exit_code
+    if exit_code != 0:
+        err.print(f"package: skipped, the run did not pass (exit {exit_code}); {spec.package.triton} unchanged",
+                  highlight=False)
+        return exit_code
+    try:
+        write_repository(outdir, spec.package, err if json_out else out)  # --json: stdout is the report only
+    except ConvcliError as exc:
+        err.print(f"[bold red]error:[/] package: {exc.one_line()}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    return exit_code
 
 
 def write_extra_reports(report: object, outdir: Path, formats: list[str]) -> list[Path]:

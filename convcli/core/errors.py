@@ -6,6 +6,8 @@ and keeps its traceback. The exit codes are part of the CLI contract (docs/cli.m
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -48,9 +50,23 @@ class UnavailableError(ConvcliError):
 
 
 class GateFailed(ConvcliError):
-    """A parity, accuracy or latency gate failed (exit 1)."""
+    """A parity, accuracy or latency gate failed (exit 1). Raised by the Python API with
+    ``raise_on_failure=True``; ``report`` is the run's report."""
 
     exit_code = EXIT_GATE_FAILED
+
+    def __init__(self, message: str, hint: str | None = None, report: Any = None) -> None:
+        super().__init__(message, hint)
+        self.report = report
+
+
+class ConversionFailed(ConversionError):
+    """A target's conversion failed or was unavailable with ``require_all`` (exit 3): raised by the Python API
+    with ``raise_on_failure=True``, after the report was written; ``report`` is that report."""
+
+    def __init__(self, message: str, hint: str | None = None, report: Any = None) -> None:
+        super().__init__(message, hint)
+        self.report = report
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

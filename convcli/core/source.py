@@ -43,5 +43,11 @@ class SourceLoader:
     def matches(cls, spec: str) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @classmethod
+    def content_digest(cls, spec: str) -> str | None:
+        """A hash of everything the loaded model depends on, for sources that are not files (an in-memory model
+        from the Python API); None: the cache key is made from the files ``spec`` names (``job/keys.py``)."""
+        return None
+
     def load(self, request: SourceRequest) -> Artifact:  # pragma: no cover - interface
         raise NotImplementedError

@@ -21,11 +21,15 @@ def file_digest(path: Path | None) -> str | None:
 def source_key(spec: JobSpec, loader: type[SourceLoader]) -> str:
     """From file contents only (no model import): the model file (and, for ``file.py:factory``, every .py file
     beside it, since it may import them; for ``package.module:factory``, every .py file of the top-level
-    package), weights, the input description and the versions of the packages the loader uses."""
+    package; for an in-memory model, the loader's ``content_digest``), weights, the input description and the
+    versions of the packages the loader uses."""
     text = spec.source.model
     files: dict[str, str | None] = {}
     target = text.rpartition(":")[0] if ":" in text else text
-    if target.endswith(".py") or Path(target).exists():
+    digest = loader.content_digest(text)
+    if digest is not None:
+        files["object"] = digest
+    elif target.endswith(".py") or Path(target).exists():
         path = Path(target)
         files["model"] = file_digest(path)
         if path.suffix == ".py" and path.parent.is_dir():

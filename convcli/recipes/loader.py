@@ -127,6 +127,8 @@ def load_recipe(path: Path, registry: Registry | None = None) -> JobSpec:
     else:
         spec.output = base / "out" / (spec.name or path.stem)
     spec.cache_dir = _resolve(base, spec.cache_dir)
+    if spec.package is not None:
+        spec.package.triton = _resolve(base, spec.package.triton)
     if spec.name is None:
         spec.name = path.stem
     _check_files(spec, path, root)

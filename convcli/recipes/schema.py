@@ -119,6 +119,46 @@ class LatencySpec(Strict):
 ReportFormat = Literal["md", "html", "junit"]
 
 
+def parse_version_policy(text: str) -> tuple[str, list[int]]:
+    """``latest:N`` (the N highest versions), ``all``, or ``specific:1,3`` -> (kind, numbers)."""
+    kind, _, rest = text.strip().partition(":")
+    try:
+        numbers = [int(n) for n in rest.split(",") if n.strip()]
+    except ValueError:
+        numbers = []
+    if kind == "all" and not rest:
+        return kind, []
+    if kind == "latest" and len(numbers) == 1 and numbers[0] >= 1:
+        return kind, numbers
+    if kind == "specific" and numbers and all(n >= 1 for n in numbers):
+        return kind, numbers
+    raise ValueError(f"version_policy '{text}': expected latest:N (N >= 1), all, or specific:V1,V2")
+
+
+class PackageSpec(Strict):
+    """A Triton model repository made from the run's passed artifacts (what ``convcli package`` does), written
+    only when the run passed."""
+
+    triton: Path = Field(description="Triton model repository folder (created when missing; relative to the recipe). "
+                                     "Each run adds a new version of each model; existing versions are never touched.")
+    name: str | None = Field(default=None, description="Model name prefix (default: the recipe name); models are "
+                                                       "named <name>_<format>_<precision>.")
+    version_policy: str = Field(default="latest:1", description="Which versions Triton serves: latest:N, all, or "
+                                                                "specific:V1,V2.")
+    instance_count: int = Field(default=1, ge=1, description="Model instances (instance_group count).")
+    dynamic_batching: bool = Field(default=False, description="Add dynamic_batching {} (models with a dynamic batch "
+                                                              "dimension only).")
+    max_batch_size: int = Field(default=8, ge=1, description="max_batch_size of models whose first dimension is a "
+                                                             "dynamic batch (others get 0 and their full shape).")
+    warmup: bool = Field(default=True, description="Add model_warmup with one sample of the run's parity data.")
+
+    @field_validator("version_policy")
+    @classmethod
+    def _check_policy(cls, value: str) -> str:
+        parse_version_policy(value)
+        return value.strip()
+
+
 class JobSpec(Strict):
     """One model's conversion. ``version`` is the recipe schema version (bumped on incompatible changes)."""
 
@@ -152,6 +192,9 @@ class JobSpec(Strict):
     cache: bool = Field(default=True, description="Reuse cached step outputs and measurements.")
     cache_dir: Path | None = Field(default=None, description="Cache folder (default: ~/.cache/convcli or "
                                                               "$CONVCLI_CACHE_DIR).")
+    package: PackageSpec | None = Field(
+        default=None, description="After a run that passed, write its passed artifacts into a Triton model "
+                                  "repository (convcli package; docs/deploy.md).")
 
     @field_validator("tolerances")
     @classmethod

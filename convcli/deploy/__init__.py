@@ -1,0 +1,1 @@
+"""Deployment layouts built from a finished run: Triton model repositories (``triton.py``)."""
