@@ -158,6 +158,7 @@ def convert(
     tolerances: Mapping[str, Mapping[str, Any]] | None = None,
     gates: Mapping[str, Any] | None = None,
     strict: bool = False,
+    divergence_budget: float | None = None,
     simplify: bool = True,
     require_all: bool = False,
     cache: bool = True,
@@ -200,8 +201,8 @@ def convert(
             samples=samples, batches=_batches(batch), runs=runs, warmup=warmup, max_seconds=max_seconds,
             threads=threads, enabled=latency, simplify=simplify, require_all=require_all,
             cache=cache and note is None, cache_dir=_path(cache_dir), outputs=_output_kinds(outputs),
-            strict=strict or None, tolerances=_mapping(tolerances, "tolerances"), gates=_mapping(gates, "gates"),
-            reports=list(reports) if reports else None, name=name)
+            strict=strict or None, divergence_budget=divergence_budget, tolerances=_mapping(tolerances, "tolerances"),
+            gates=_mapping(gates, "gates"), reports=list(reports) if reports else None, name=name)
         result = run_job(spec, progress=progress, command=command or f"convcli.convert({text}, to={to!r})",
                          debug=debug)
     if note is not None and cache:
@@ -238,6 +239,8 @@ def check(
     tolerances: Mapping[str, Mapping[str, Any]] | None = None,
     gates: Mapping[str, Any] | None = None,
     strict: bool = False,
+    divergence_budget: float | None = None,
+    diagnose_all: bool = False,
     raise_on_failure: bool = False,
     progress: ProgressSink | None = None,
     command: str | None = None,
@@ -245,7 +248,9 @@ def check(
 ) -> JobReport:
     """Parity, accuracy and latency of existing artifact files against ``model`` (``convcli check``); the report
     goes to ``output``/report.json. ``model`` and the options are as for ``convert``; ``precision`` is the one
-    the artifacts are judged at. Nothing is converted or cached."""
+    the artifacts are judged at. Nothing is converted or cached. ``divergence_budget``: seconds a failing row may
+    spend locating its first diverging layer (``docs/debugging.md``); ``diagnose_all`` locates it for every row
+    (``convcli debug``)."""
     from convcli.job import check_artifacts
 
     files = [Path(artifacts)] if isinstance(artifacts, (str, Path)) else [Path(a) for a in artifacts]
@@ -256,8 +261,9 @@ def check(
                          parity=_path(data), validation=_path(validation), samples=samples, seed=seed,
                          batches=_batches(batch), runs=runs, warmup=warmup, max_seconds=max_seconds, threads=threads,
                          enabled=latency, outputs=_output_kinds(outputs), strict=strict or None,
-                         tolerances=_mapping(tolerances, "tolerances"), gates=_mapping(gates, "gates"))
-        written = check_artifacts(spec, files, progress=progress, debug=debug,
+                         divergence_budget=divergence_budget, tolerances=_mapping(tolerances, "tolerances"),
+                         gates=_mapping(gates, "gates"))
+        written = check_artifacts(spec, files, progress=progress, debug=debug, diagnose_all=diagnose_all,
                                   command=command or f"convcli.check({text}, {[str(f) for f in files]!r})")
     # A check row's path is the file as given; its other files lie beside it.
     bases = {row.id: Path(row.path).parent for row in written.artifacts if row.path}

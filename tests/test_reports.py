@@ -168,7 +168,8 @@ def test_html_is_self_contained_with_plots(html_page: Path, failing: Path) -> No
     # Without a labelled set the first plot falls back to cosine; a failed artifact is coloured as failed.
     failed_page = render_html(load_report(failing))
     assert "FAILED" in failed_page and 'class="row-failed"' in failed_page
-    assert "Latency vs cosine distance" in failed_page and failed_page.count("data:image/png") == 3
+    assert "Latency vs cosine distance" in failed_page and failed_page.count("data:image/png") == 4
+    assert "Where parity fails" in failed_page  # the fourth plot: error per layer of the failing row
 
 
 def _chromium_screenshot(page: Path, shot: Path, size: str) -> list[str]:

@@ -7,6 +7,7 @@ import typer
 from convcli import __version__
 from convcli.cli import check as check_cmd
 from convcli.cli import convert as convert_cmd
+from convcli.cli import debug as debug_cmd
 from convcli.cli import doctor as doctor_cmd
 from convcli.cli import package as package_cmd
 from convcli.cli import recipe as recipe_cmd
@@ -45,6 +46,7 @@ def main_options(
 app.command("convert")(convert_cmd.convert)
 app.command("plan")(convert_cmd.plan_command)
 app.command("check")(check_cmd.check)
+app.command("debug")(debug_cmd.debug)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("run")(run_cmd.run)
 app.add_typer(recipe_cmd.recipe_app, name="recipe")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import OUTPUT_KIND_HELP, err, handle_errors, out
+from convcli.cli.common import DIVERGENCE_HELP, OUTPUT_KIND_HELP, err, handle_errors, out
 from convcli.cli.convert import INPUT_HELP, MODEL_HELP
 from convcli.cli.progress import RichProgress
 
@@ -25,6 +25,7 @@ def check(
     output_kind: list[str] = typer.Option(None, "--output-kind", help=OUTPUT_KIND_HELP),
     strict: bool = typer.Option(False, "--strict", help="Fail on a degenerate reference output instead of flagging."),
     output: Path = typer.Option(Path("convcli-check"), "--output", "-o", help="Where report.json goes."),
+    divergence_budget: float = typer.Option(None, "--divergence-budget", min=0, help=DIVERGENCE_HELP),
 ) -> None:
     """Run parity, accuracy and latency of existing artifacts against the source model.
 
@@ -32,19 +33,22 @@ def check(
       convcli check recipes/models/digits_cnn.py:build out/digits/onnx-fp32/model.onnx \\\n
         --weights recipes/models/digits_cnn.pt
     """
-    handle_errors(_check)(**locals())
+    handle_errors(run_check)(**locals())
 
 
-def _check(model: str, artifacts: list[Path], inputs: list[str] | None, weights: Path | None, precision: str,
-           data: Path | None, validation: Path | None, samples: int | None, threads: int | None, no_latency: bool,
-           output_kind: list[str] | None, strict: bool, output: Path) -> None:
+def run_check(model: str, artifacts: list[Path], inputs: list[str] | None, weights: Path | None, precision: str,
+              data: Path | None, validation: Path | None, samples: int | None, threads: int | None,
+              no_latency: bool, output_kind: list[str] | None, strict: bool, output: Path,
+              divergence_budget: float | None, diagnose_all: bool = False) -> None:
+    """``check`` and ``debug``: the same job; ``debug`` locates the divergence of every row, passed or not."""
     from convcli import api
     from convcli.cli.common import STATE, echo_command
     from convcli.reports.terminal import render_terminal
 
     report = api.check(model, artifacts, inputs, output=output, weights=weights, precision=precision, data=data,
                        validation=validation, samples=samples, threads=threads, latency=not no_latency,
-                       outputs=output_kind, strict=strict, progress=RichProgress(err), command=echo_command(),
+                       outputs=output_kind, strict=strict, divergence_budget=divergence_budget,
+                       diagnose_all=diagnose_all, progress=RichProgress(err), command=echo_command(),
                        debug=bool(STATE["debug"]))
     render_terminal(report.written, out)
     raise typer.Exit(report.exit_code)

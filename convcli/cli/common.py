@@ -51,6 +51,8 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+DIVERGENCE_HELP = ("Seconds each row that fails parity may spend locating the first diverging layer (default 60; "
+                   "0: off). Passing rows never pay for it.")
 OUTPUT_KIND_HELP = ("NAME:KIND, how an output is judged: logits|probabilities (top-1), embedding (cosine), "
                     "regression|boxes (elementwise); e.g. --output-kind output:embedding")
 

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from convcli.cli.common import OUTPUT_KIND_HELP, build_job, echo_command, err, handle_errors, out, print_plan
+from convcli.cli.common import (
+    DIVERGENCE_HELP,
+    OUTPUT_KIND_HELP,
+    build_job,
+    echo_command,
+    err,
+    handle_errors,
+    out,
+    print_plan,
+)
 from convcli.cli.progress import RichProgress
 
 MODEL_HELP = "file.py:factory, package.module:factory, or a .onnx / .pt (TorchScript) / .pt2 file."
@@ -50,6 +59,7 @@ def convert(
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every step and measure again."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache folder (default ~/.cache/convcli)."),
     json_out: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the table."),
+    divergence_budget: float = typer.Option(None, "--divergence-budget", min=0, help=DIVERGENCE_HELP),
 ) -> None:
     """Convert a model to every target, prove each artifact against the source, and write OUTDIR/report.json.
 
@@ -68,7 +78,7 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
              calibration_samples: int | None, prune: str | None, train: Path | None, finetune_epochs: int,
              samples: int | None, batch: str | None, runs: int | None, threads: int | None, no_latency: bool,
              output_kind: list[str] | None, strict: bool, no_simplify: bool, require_all: bool, no_cache: bool,
-             cache_dir: Path | None, json_out: bool) -> None:
+             cache_dir: Path | None, json_out: bool, divergence_budget: float | None) -> None:
     from convcli import api
     from convcli.cli.common import STATE
     from convcli.reports.terminal import render_terminal
@@ -79,6 +89,7 @@ def _convert(model: str, to: str, output: Path, inputs: list[str] | None, weight
                          calibration_samples=calibration_samples, prune=prune, train=train,
                          finetune_epochs=finetune_epochs, samples=samples, batch=batch, runs=runs, threads=threads,
                          latency=not no_latency, outputs=output_kind, strict=strict, simplify=not no_simplify,
+                         divergence_budget=divergence_budget,
                          require_all=require_all, cache=not no_cache, cache_dir=cache_dir,
                          progress=RichProgress(err), command=echo_command(), debug=bool(STATE["debug"]))
     if STATE["debug"]:

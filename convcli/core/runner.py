@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from convcli.core.errors import UnavailableError
 from convcli.core.step import Availability, check_packages
 
 if TYPE_CHECKING:
     from convcli.core.artifact import Artifact
+    from convcli.core.intermediates import Intermediates
 
 
 class Session:
@@ -51,3 +54,14 @@ class Runner:
 
     def load(self, artifact: Artifact, threads: int) -> Session:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def intermediates(self, artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                      wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+        """Run ``artifact`` once on ``feed`` and return its intermediate tensors, each mapped to the name of the
+        tensor it corresponds to in the ``reference`` ONNX graph (the fp32 ONNX the artifact's chain started
+        from; None when there is none). ``wanted``: reference tensor names to capture, None for all.
+
+        The full contract (layouts, dtypes, order, unmatched counts) is in ``convcli/core/intermediates.py``.
+        Runners that cannot do it keep this default, which raises ``UnavailableError``."""
+        raise UnavailableError(f"the {self.name or type(self).__name__} runner cannot return intermediate tensors",
+                               hint="divergence localization needs a runner that implements Runner.intermediates")

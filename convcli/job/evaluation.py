@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from convcli import __version__
 from convcli.core.artifact import Artifact
 from convcli.core.cache import Cache, make_key
@@ -20,11 +22,13 @@ from convcli.core.executor import ProgressSink
 from convcli.core.registry import Registry
 from convcli.core.runner import Session
 from convcli.job.data import LazyData
+from convcli.job.divergence import ReferenceExport, fails_parity
 from convcli.job.judge import exit_code, flag_speed, judge
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
 from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, Tolerance, assume_kind, compare_outputs
 from convcli.parity.data import LabelledSplit
+from convcli.parity.divergence import Divergence
 from convcli.parity.evaluate import EvalSettings, Measurement, evaluate_outputs, open_session, time_sessions
 from convcli.parity.latency import LatencyStats
 from convcli.recipes.schema import JobSpec
@@ -41,6 +45,7 @@ class Entry:
     chain: str
     artifact: Artifact | str
     key: str
+    reference: Path | None = None  # the fp32 ONNX its chain started from (divergence localization)
 
 
 @dataclass
@@ -70,6 +75,10 @@ class Evaluation:
         self._ref: Measurement | None = None
         self._ref_session: Session | None = None
         self._open: list[Session] = []
+        self._got: dict[str, list[np.ndarray]] = {}
+        self.repro_root: Path | None = None  # where rows' divergence/ folders go (OUTDIR or its staging folder)
+        self.reference_export: ReferenceExport | None = None  # check/debug: the source exported on demand
+        self.diagnose_all = False  # debug: every measured row, not only those failing parity
 
     def _begin(self, label: str) -> None:
         if self.progress:
@@ -168,12 +177,51 @@ class Evaluation:
             row = ArtifactReport(**common, status="error", error=f"running the artifact failed: {first_line(exc)}")
             self._end(f"measure {entry.id}", False, row.error or "")
             return row
+        self._got[entry.id] = got.outputs
         tol = self.tolerances.get(artifact.precision, Tolerance())
         names = artifact.output_names or self.outputs
         parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref))
         row = ArtifactReport(**common, status="passed", runner=got.runner, parity=parity, accuracy=got.accuracy)
         self._end(f"measure {entry.id}", True)  # the verdict (tolerances, gates) is the report's
         return Pending(row, entry.key, session)
+
+    def diagnose(self, row: ArtifactReport, entry: Entry, artifact: Artifact) -> Divergence:
+        """Locate the first diverging tensor of a row that failed parity, on its worst parity samples. Whatever
+        goes wrong becomes the Divergence's message: the row's verdict is never changed by it."""
+        from convcli.parity.divergence import LocateRequest, locate, worst_samples
+
+        label = f"locate divergence {row.id}"
+        self._begin(label)
+        try:
+            reference = entry.reference
+            if reference is None and self.reference_export is not None:
+                reference = self.reference_export.get(artifact)
+            if reference is None:
+                raise UnavailableError("no fp32 ONNX reference graph for this row (its chain never passed "
+                                       "through ONNX)")
+            data = self.data.get()
+            ref = self.reference()
+            n = next(iter(data.parity.inputs.values())).shape[0]
+            got = self._got.get(row.id)
+            samples = worst_samples(ref.outputs, got) if got else list(range(min(2, n)))
+            feed = {k: v[samples] for k, v in data.parity.inputs.items()}
+            repro = self.repro_root / row.id / "divergence" if self.repro_root is not None else None
+            result = locate(LocateRequest(
+                self.registry, self.source.get(), artifact, reference, feed, samples, self.settings.threads,
+                artifact.precision, self.spec.divergence_budget, repro, f"{row.id}/divergence/"))
+            if result.status == "not_found" and row.status == "failed":
+                result.message += ("; the outputs still fail: the drift is in tensors that could not be matched, "
+                                   "or small everywhere and only over the output tolerance")
+            int8 = artifact.details.get("int8")
+            if isinstance(int8, dict) and isinstance(int8.get("sensitivity"), list):
+                result.quantization_sensitivity = jsonable(int8["sensitivity"])[:10]
+        except ConvcliError as exc:
+            result = Divergence(status="unavailable" if isinstance(exc, UnavailableError) else "error",
+                                message=exc.one_line())
+        except Exception as exc:  # never a crashed run: a note on the row
+            result = Divergence(status="error", message=f"divergence localization failed: {first_line(exc)}")
+        self._end(label, result.status in ("found", "not_found"), result.message)
+        return result
 
     def measure_together(self, pending: list[Pending], source_key: str) -> SourceReport:
         """Time the source and every pending artifact in the same rounds, fill in their rows and the source
@@ -257,6 +305,13 @@ class Evaluation:
         for row in rows:
             judge(row, src, self.spec.gates.merged(target_gates.get(row.id)), strict=self.spec.strict)
         flag_speed(rows)
+        by_id = {e.id: e for e in entries}
+        for row in rows:
+            entry = by_id.get(row.id)
+            if entry is None or not isinstance(entry.artifact, Artifact) or self.spec.divergence_budget <= 0:
+                continue
+            if fails_parity(row) or (self.diagnose_all and row.status in ("passed", "failed")):
+                row.divergence = self.diagnose(row, entry, entry.artifact)
         fastest = fastest_passed(rows)
         code = exit_code(rows, self.spec.require_all)
         d = self.spec.data

@@ -23,6 +23,7 @@ from convcli.core.registry import Registry, default_registry
 from convcli.core.step import StepContext
 from convcli.core.tensors import TensorSpec
 from convcli.job.data import LazyData, batch_sizes, check_job_data, plan_split
+from convcli.job.divergence import ReferenceExport, chain_reference
 from convcli.job.evaluation import Entry, Evaluation, machine_fingerprint
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
 from convcli.job.output import finalize, stage, step_records
@@ -93,11 +94,14 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         measure_base = make_key("measure", data_key(spec), split_key, settings.__dict__, spec.tolerances,
                                 spec.outputs, machine_fingerprint(settings.threads))
         entries = []
+        onnx_source = Path(spec.source.model) if loader.format == "onnx" else None
         for t in the_plan.targets:
             k = keys.get(t.final_step) if t.final_step else src_key
             entries.append(Entry(t.request.label, t.request.format, t.request.precision, the_plan.chain_text(t),
-                                 staged[t.request.label], make_key(measure_base, k, t.request.label)))
+                                 staged[t.request.label], make_key(measure_base, k, t.request.label),
+                                 chain_reference(the_plan, t, outcomes, onnx_source)))
         evaluation = Evaluation(registry, spec, source, data, settings, cache, progress, outputs)
+        evaluation.repro_root = workdir / "final"
         report = evaluation.report(entries, step_records(the_plan, outcomes),
                                    make_key(measure_base, src_key, "source"))
         report.command = command
@@ -149,9 +153,11 @@ def require_calibration(the_plan: Plan, spec: JobSpec, inputs: list[TensorSpec] 
 
 
 def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None = None,
-                    progress: ProgressSink | None = None, command: str = "", debug: bool = False) -> Report:
+                    progress: ProgressSink | None = None, command: str = "", debug: bool = False,
+                    diagnose_all: bool = False) -> Report:
     """Parity/accuracy/latency of artifacts that already exist (``convcli check``). Nothing is converted or
-    cached; the report is written to ``spec.output``."""
+    cached; the report is written to ``spec.output``. ``diagnose_all`` (``convcli debug``): locate the divergence
+    of every measured row, not only of those that fail parity."""
     registry = registry or default_registry()
     cache = Cache(Path(tempfile.gettempdir()), enabled=False)
     loader = find_loader(registry, spec)
@@ -180,7 +186,13 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
                             spec.latency.max_seconds, spec.latency.enabled)
     evaluation = Evaluation(registry, spec, source, LazyData(spec, artifact_src.inputs), settings, cache, progress,
                             artifact_src.output_names)
-    report = evaluation.report(entries, [], "")
+    evaluation.repro_root = spec.output
+    evaluation.reference_export = ReferenceExport(registry, artifact_src, threads)
+    evaluation.diagnose_all = diagnose_all
+    try:
+        report = evaluation.report(entries, [], "")
+    finally:
+        evaluation.reference_export.close()
     report.command = command
     for row in report.artifacts:
         row.path = row.chain

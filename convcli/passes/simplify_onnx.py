@@ -40,6 +40,16 @@ def _run(path: Path, feed: dict[str, np.ndarray], threads: int) -> tuple[list[st
     return names, [np.asarray(o) for o in session.run(None, feed)]
 
 
+def keep_node_metadata(original: Any, slim: Any) -> None:
+    """Copy each node's metadata_props (the dynamo exporter's module scopes and source lines) onto the node of the
+    same name in the simplified graph: onnxslim drops them, and divergence localization (parity/divergence.py)
+    reads them to name the PyTorch module and source line of a drifting tensor."""
+    meta = {n.name: list(n.metadata_props) for n in original.graph.node if n.name and len(n.metadata_props)}
+    for node in slim.graph.node:
+        if node.name in meta and not len(node.metadata_props):
+            node.metadata_props.extend(meta[node.name])
+
+
 class SimplifyOnnx(Pass):
     name = "SimplifyOnnx"
     source = "onnx"
@@ -60,6 +70,7 @@ class SimplifyOnnx(Pass):
             slim = onnxslim.slim(original)
         except Exception as exc:
             raise ConversionError(f"onnxslim failed on {artifact.path.name}: {first_line(exc)}") from None
+        keep_node_metadata(original, slim)
         out = ctx.workdir / "model.onnx"
         tmp = ctx.workdir / "model.onnx.tmp"
         onnx.save(slim, str(tmp))

@@ -19,7 +19,7 @@ from convcli.recipes.schema import DataSpec, JobSpec, LatencySpec, Precision, So
 
 # JobSpec fields build_job takes as keyword arguments (the CLI sets the first eight; the API all of them).
 JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune", "outputs", "strict",
-             "tolerances", "gates", "name")
+             "divergence_budget", "tolerances", "gates", "name")
 StepOptions = list[str] | Mapping[str, Mapping[str, Any]]
 
 

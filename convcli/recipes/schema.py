@@ -186,6 +186,9 @@ class JobSpec(Strict):
                                                     "instead of only flagging them.")
     gates: GateSpec = Field(default_factory=GateSpec, description="Accuracy, latency and size gates.")
     require_all: bool = Field(default=False, description="Fail (exit 3) when a target is unavailable here.")
+    divergence_budget: float = Field(
+        default=60.0, ge=0, description="Seconds each row that fails parity may spend locating the first diverging "
+                                        "intermediate tensor (docs/debugging.md); 0 turns localization off.")
     output: Path = Field(default=Path("convcli-out"), description="Output folder.")
     reports: list[ReportFormat] = Field(
         default_factory=list, description="Reports written beside report.json: md, html, junit.")

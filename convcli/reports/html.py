@@ -16,21 +16,25 @@ from typing import Any
 
 from convcli.core.errors import UnavailableError
 from convcli.reports.markdown import (
+    DIVERGENCE_HEADERS,
     SPEEDUP_NOTE,
     batches,
     cached_note,
+    divergence_cells,
+    divergence_note,
     fastest_detail,
     fmt_ms,
     fmt_pct,
     kind_text,
     machine_line,
     output_result,
+    path_window,
     problems,
     summary_table,
     tolerance_line,
     verdict,
 )
-from convcli.reports.model import Report
+from convcli.reports.model import ArtifactReport, Report
 
 COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "error": "#9a3412", "unavailable": "#6e7781",
            "reference": "#0969da"}
@@ -288,6 +292,73 @@ def _plot_latency_by_batch(report: Report) -> tuple[str | None, str, str]:
                        "source is the dashed line."), title
 
 
+def _plot_divergence(a: ArtifactReport) -> str | None:
+    """Relative error (max abs err / max |reference|) of every compared tensor in topological order, log scale,
+    with the intermediate tolerance and the first divergence marked; None without matplotlib or data."""
+    d = a.divergence
+    if d is None or not d.path:
+        return None
+    try:
+        from convcli.core.lazy import require
+
+        require("matplotlib", "plots in the HTML report")
+    except UnavailableError:
+        return None
+    from matplotlib.figure import Figure
+
+    xs = [e.index for e in d.path]
+    ys = [e.rel_err if e.rel_err is not None and math.isfinite(e.rel_err) else float("nan") for e in d.path]
+    positive = [y for y in ys if y > 0]
+    floor = min(positive) / 10 if positive else 1e-12
+    fig = Figure(figsize=(11.5, 3.2))
+    ax = fig.add_subplot()
+    _style_axes(ax)
+    ax.plot(xs, [max(y, floor) for y in ys], marker="o", markersize=3, linewidth=1.2, color="#4292c6", zorder=2)
+    if d.tolerance is not None:
+        ax.axhline(d.tolerance.rel, color=COLOURS["failed"], linestyle="--", linewidth=1.2, label="tolerance (rel)")
+    if d.first is not None and d.first.rel_err is not None:
+        ax.plot([d.first.index], [max(d.first.rel_err, floor)], marker="o", markersize=9, color=COLOURS["failed"],
+                fillstyle="none", linestyle="none", label=f"first: {d.first.node or d.first.tensor}", zorder=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("tensor position in the reference graph's topological order")
+    ax.set_ylabel("max abs err / max |ref|")
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.set_title(f"{a.id}: error per layer", fontsize=11, loc="left")
+    return _png(fig)
+
+
+def _divergence(report: Report) -> str:
+    rows = [a for a in report.artifacts if a.divergence is not None]
+    if not rows:
+        return ""
+    parts = []
+    for a in rows:
+        d = a.divergence
+        assert d is not None
+        body = f"<p><b>{_e(a.id)}</b>: {_e(divergence_note(a, with_id=False) or '')}</p>"
+        if d.first is not None and d.first.source_line:
+            body += f"<p>Source line: <code>{_e(d.first.source_line)}</code></p>"
+        png = _plot_divergence(a)
+        if png is not None:
+            body += (f'<figure class="wide"><img alt="{_e(a.id)}: error per layer" src="data:image/png;base64,{png}">'
+                     "<figcaption>Relative error of every compared tensor, in topological order (log scale); the "
+                     "dashed line is the intermediate tolerance, the ring the first tensor over it.</figcaption>"
+                     "</figure>")
+        window = path_window(d)
+        if window:
+            cells = [("failed" if divergence_cells(e, d.first)[-1] == "FIRST" else "",
+                      [_e(c) for c in divergence_cells(e, d.first)]) for e in window]
+            body += _table(DIVERGENCE_HEADERS, [True, False, False, False, False, True, True, True, False], cells)
+        if d.ranked:
+            body += "<p>Layers adding the most error: " + ", ".join(
+                f"<code>{_e(e.node or e.tensor)}</code> (+{e.added:.2e})" for e in d.ranked if e.added is not None
+            ) + "</p>"
+        if d.files:
+            body += "<p>Repro: " + ", ".join(f"<code>{_e(f)}</code>" for f in d.files) + "</p>"
+        parts.append(body)
+    return f"<section><h2>Where parity fails</h2>{''.join(parts)}</section>"
+
+
 def _plots(report: Report) -> str:
     try:
         from convcli.core.lazy import require
@@ -451,7 +522,7 @@ def _settings(report: Report) -> str:
 def render_html(report: Report) -> str:
     """The whole report as one self-contained HTML page."""
     word, _ = verdict(report)
-    parts = [_header(report), _cards(report), _summary(report), _problems(report),
+    parts = [_header(report), _cards(report), _summary(report), _problems(report), _divergence(report),
              f"<section><h2>Plots</h2>{_plots(report)}</section>", _outputs(report), _latency(report),
              _provenance(report), _steps(report), _settings(report),
              f"<footer>convcli {_e(report.convcli_version)} &middot; {_e(report.schema_)}</footer>"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from convcli.reports.markdown import fmt_ms, fmt_pct, fmt_size
+from convcli.reports.markdown import divergence_note, fmt_ms, fmt_pct, fmt_size
 from convcli.reports.model import ArtifactReport, Report
 
 # Characters XML 1.0 cannot carry at all (ElementTree would write them and produce a file no parser reads).
@@ -56,6 +56,8 @@ def _artifact_output(a: ArtifactReport) -> str:
     if a.size_bytes is not None:
         lines.append(f"size: {fmt_size(a.size_bytes)}")
     lines += [f"flag: {f}" for f in a.flags]
+    if note := divergence_note(a, with_id=False):
+        lines.append(f"divergence: {note}")
     return "\n".join(lines)
 
 
@@ -75,8 +77,10 @@ def render_junit(report: Report) -> str:
         if a.status == "failed":
             lines = a.failures or [a.error or "failed"]
             sub = ET.SubElement(el, "failure", message=_clean(lines[0]), type="GateFailed")
+            where = divergence_note(a, with_id=False)
             sub.text = _clean("\n".join(lines + ([a.parity.message] if a.parity and a.parity.message
-                                                 and f"parity: {a.parity.message}" not in lines else [])))
+                                                 and f"parity: {a.parity.message}" not in lines else [])
+                                         + ([f"divergence: {where}"] if where else [])))
             counts["failures"] += 1
         elif a.status == "error":
             sub = ET.SubElement(el, "error", message=_clean(a.error or "error"), type="ConversionError")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from convcli.parity.compare import OutputParity
+from convcli.parity.divergence import PATH_ROWS, Divergence, TensorError
 from convcli.reports.model import ArtifactReport, Report
 
 VERDICTS = {0: ("PASSED", "every available artifact passed its gates"),
@@ -208,6 +209,40 @@ _ESCAPE = re.compile(r"([\\`*_{}\[\]<>|#~])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def divergence_note(a: ArtifactReport, with_id: bool = True) -> str | None:
+    """One line per row that went through divergence localization: what it found (or why nothing), how many
+    tensors could not be matched, and where the repro files are. Shared by every renderer."""
+    d = a.divergence
+    if d is None:
+        return None
+    text = (f"{a.id}: divergence: " if with_id else "") + d.message
+    if d.status in ("found", "not_found"):
+        text += f" [{d.compared} tensors compared, {d.unmatched} unmatched"
+        text += f"; reference values: {d.reference_values}]" if d.reference_values else "]"
+    if d.files:
+        text += f"; repro in {d.files[0].rsplit('/', 1)[0]}/"
+    return text
+
+
+def path_window(d: Divergence) -> list[TensorError]:
+    """The path rows to show: a few compared tensors before the first divergence, it, and a few after."""
+    if not d.path:
+        return []
+    at = next((i for i, e in enumerate(d.path) if d.first is not None and e.tensor == d.first.tensor), 0)
+    lo = max(0, at - PATH_ROWS // 2)
+    return d.path[lo : lo + PATH_ROWS]
+
+
+DIVERGENCE_HEADERS = ["#", "tensor", "node", "op", "module", "max abs err", "rel err", "cosine", ""]
+
+
+def divergence_cells(e: TensorError, first: TensorError | None) -> list[str]:
+    mark = "FIRST" if first is not None and e.tensor == first.tensor else ("over" if e.diverged else "")
+    return [str(e.index), e.tensor, e.node or "-", e.op or "-", e.module or "-",
+            "-" if e.max_abs_err is None else f"{e.max_abs_err:.2e}",
+            "-" if e.rel_err is None else f"{e.rel_err:.2e}", "-" if e.cosine is None else f"{e.cosine:.6f}", mark]
+
+
 def md_escape(text: str) -> str:
     """Plain text inside Markdown: punctuation that GFM would read as markup is backslash-escaped, and
     newlines become spaces so a message cannot break a table or a list."""
@@ -242,6 +277,35 @@ def _output_rows(report: Report) -> list[list[str]]:
                          "-" if o.top1_agreement is None else fmt_pct(o.top1_agreement, 1),
                          md_escape(o.kind), md_escape(output_result(o))])
     return rows
+
+
+def _divergence_section(report: Report) -> list[str]:
+    rows = [a for a in report.artifacts if a.divergence is not None]
+    if not rows:
+        return []
+    lines = ["", "### Where parity fails", ""]
+    for a in rows:
+        d = a.divergence
+        assert d is not None
+        lines += [f"**{md_escape(a.id)}**: {md_escape(divergence_note(a, with_id=False) or '')}", ""]
+        if d.first is not None and d.first.source_line:
+            lines += [f"Source line: {md_code(d.first.source_line)}", ""]
+        window = path_window(d)
+        if window:
+            lines += _table(DIVERGENCE_HEADERS, [True, False, False, False, False, True, True, True, False],
+                            [[md_escape(c) for c in divergence_cells(e, d.first)] for e in window])
+            lines.append("")
+        if d.ranked:
+            lines.append("Layers adding the most error: " + ", ".join(
+                f"{md_code(e.node or e.tensor)} (+{e.added:.2e})" for e in d.ranked if e.added is not None))
+            lines.append("")
+        if d.unmatched_reasons:
+            lines.append("Unmatched: " + md_escape(", ".join(f"{k}: {v}" for k, v in d.unmatched_reasons.items())))
+            lines.append("")
+        if d.files:
+            lines.append("Repro: " + ", ".join(md_code(f) for f in d.files))
+            lines.append("")
+    return lines[:-1]
 
 
 def render_markdown(report: Report) -> str:
@@ -285,6 +349,8 @@ def render_markdown(report: Report) -> str:
         lines += ["", "### Parity per output", ""]
         lines += _table(["artifact", "output", "shape", "max abs err", "p99 abs err", "cosine", "top-1 agr",
                          "kind", "result"], [False, False, False, True, True, True, True, False, False], out_rows)
+
+    lines += _divergence_section(report)
 
     lines += ["", "### Settings", ""]
     lat = (f"batches {', '.join(map(str, s.latency_batches))}; {s.warmup} warm-up and up to {s.runs} timed runs "

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from convcli.parity.compare import ParityResult
+from convcli.parity.divergence import Divergence
 from convcli.parity.latency import LatencyStats
 
 SCHEMA_VERSION = "convcli.report/v1"
@@ -89,6 +90,9 @@ class ArtifactReport(BaseModel):
                                                     "--no-cache measures again.")
     flags: list[str] = Field(default_factory=list, description="warnings such as 'slower than source'")
     details: dict[str, Any] = Field(default_factory=dict)
+    divergence: Divergence | None = Field(
+        default=None, description="Only on rows that failed parity: the first intermediate tensor that drifts "
+                                  "from the reference (docs/debugging.md). Absent on passing rows.")
 
 
 class Settings(BaseModel):

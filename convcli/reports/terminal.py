@@ -5,8 +5,18 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from convcli.reports.markdown import cached_note, fmt_ms, output_kinds_line, speedup_cell, tolerance_line
-from convcli.reports.model import Report
+from convcli.reports.markdown import (
+    DIVERGENCE_HEADERS,
+    cached_note,
+    divergence_cells,
+    divergence_note,
+    fmt_ms,
+    output_kinds_line,
+    path_window,
+    speedup_cell,
+    tolerance_line,
+)
+from convcli.reports.model import ArtifactReport, Report
 
 STATUS_STYLE = {"passed": "bold green", "failed": "bold red", "error": "bold red", "unavailable": "yellow"}
 
@@ -23,6 +33,31 @@ def _size(n: int | None) -> str:
 
 def _acc(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _divergence(a: ArtifactReport, console: Console) -> None:
+    """The divergence note of a row that failed parity, and the error along the path around the first
+    diverging tensor."""
+    note = divergence_note(a)
+    if note is None or a.divergence is None:
+        return
+    d = a.divergence
+    console.print(f"[magenta]{note}[/]", highlight=False, soft_wrap=True)
+    if d.first is not None and d.first.source_line:
+        console.print(f"[dim]  source: {d.first.source_line}[/]", highlight=False)
+    window = path_window(d)
+    if d.status == "found" and window:
+        table = Table(show_edge=False, box=None, padding=(0, 1))
+        for i, h in enumerate(DIVERGENCE_HEADERS):
+            table.add_column(h, justify="right" if i in (0, 5, 6, 7) else "left", style="dim")
+        for e in window:
+            cells = divergence_cells(e, d.first)
+            table.add_row(*cells, style="bold red" if cells[-1] == "FIRST" else None)
+        console.print(table)
+    if d.ranked:
+        console.print("[dim]  layers adding the most error: " + ", ".join(
+            f"{e.node or e.tensor} (+{e.added:.2e})" for e in d.ranked if e.added is not None) + "[/]",
+            highlight=False)
 
 
 def render_terminal(report: Report, console: Console) -> None:
@@ -70,6 +105,8 @@ def render_terminal(report: Report, console: Console) -> None:
             console.print(f"[{style}]{a.id}:[/] {line}", highlight=False)
         for flag in a.flags:
             console.print(f"[yellow]{a.id}: {flag}[/]", highlight=False)
+    for a in report.artifacts:
+        _divergence(a, console)
     console.print(f"[bold]{report.summary}[/]; exit code {report.exit_code}"
                   + (f"; fastest passed: [cyan]{report.fastest_passed}[/]" if report.fastest_passed else ""))
 

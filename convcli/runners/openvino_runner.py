@@ -7,6 +7,7 @@ report shows it. FP16 artifacts hold FP16 weights only: they are decompressed an
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
+from convcli.core.intermediates import Intermediates, ReferenceGraph, TensorInfo
 from convcli.core.lazy import require
 from convcli.core.offline import block_telemetry_imports
 from convcli.core.registry import Registry
@@ -127,6 +129,82 @@ class OpenvinoRunner(Runner):
 
     def load(self, artifact: Artifact, threads: int) -> Session:
         return OpenvinoSession(artifact, threads)
+
+    def intermediates(self, artifact: Artifact, feed: dict[str, np.ndarray], threads: int,
+                      wanted: list[str] | None = None, reference: Path | None = None) -> Intermediates:
+        """Op outputs added as model outputs (``Model.add_outputs``) before compiling at f32. OpenVINO's ONNX
+        frontend keeps each ONNX tensor's name among the output port's tensor names, which is the mapping; ops
+        the conversion created (decompositions, layout changes) carry none and are counted as unmatched."""
+        require_openvino("capturing OpenVINO intermediate tensors")
+        assert artifact.path is not None
+        ov = require_openvino()
+        model = ov.Core().read_model(str(artifact.path))
+        ref_names = ReferenceGraph(reference).tensor_names() if reference is not None else None
+        known = set(ref_names) if ref_names is not None else None
+        want = set(wanted) if wanted is not None else None
+        result = Intermediates()
+        ports = []
+        seen: set[str] = set()
+        for op in model.get_ordered_ops():
+            kind = op.get_type_name()
+            if kind in ("Parameter", "Constant", "Result") or _constant_only(op):
+                continue
+            for port in op.outputs():
+                if not port.get_element_type().is_real():
+                    continue
+                names = port_names(port)
+                match = sorted(n for n in names if known is None or n in known)
+                if not match:
+                    result.count_unmatched("no ONNX tensor name on the OpenVINO op output")
+                    continue
+                ref = match[0]
+                if ref in seen or (want is not None and ref not in want):
+                    continue
+                seen.add(ref)
+                backend = f"{op.get_friendly_name()}:{port.get_index()}"
+                result.reference[backend] = ref
+                result.info[backend] = TensorInfo(layer=op.get_friendly_name(), op=kind)
+                result.order.append(backend)
+                ports.append((backend, ref, port))
+        if ports:
+            model.add_outputs([p for _, _, p in ports])
+        compiled = compile_cpu(model, threads)
+        request = compiled.create_infer_request()
+        inputs = list(compiled.inputs)
+        first = inputs[0].get_partial_shape() if inputs else None
+        fixed = (first[0].get_length() if first is not None and first.rank.is_static and len(first)
+                 and first[0].is_static else None)
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        step = fixed if fixed and n > fixed and n % fixed == 0 else max(n, 1)
+        names_of = [port_names(o) for o in compiled.outputs]
+        feed_names = list(feed)
+        parts: list[dict[str, np.ndarray]] = []
+        for i in range(0, max(n, 1), step):
+            tensors = {}
+            for j, port in enumerate(inputs):
+                name = next((k for k in feed_names if k in port_names(port)), None)
+                name = name or (feed_names[j] if len(feed_names) == len(inputs) else None)
+                if name is None:
+                    raise ConversionError(f"OpenVINO IR input {sorted(port_names(port))} matches no source input")
+                dtype = np.dtype(port.get_element_type().to_dtype())
+                tensors[port] = np.ascontiguousarray(feed[name][i : i + step].astype(dtype, copy=False))
+            got = request.infer(tensors)
+            part = {}
+            for backend, ref, _ in ports:
+                k = next((j for j, names in enumerate(names_of) if ref in names), None)
+                if k is not None:
+                    part[backend] = np.array(got[compiled.outputs[k]], copy=True).astype(np.float32)
+            parts.append(part)
+        for backend, _, _ in ports:
+            if all(backend in p for p in parts):
+                result.tensors[backend] = np.concatenate([p[backend] for p in parts], axis=0)
+        result.order = [b for b in result.order if b in result.tensors]
+        return result
+
+
+def _constant_only(op: Any) -> bool:
+    """An op computed from constants alone (weight decompression of an FP16 IR): weights, not activations."""
+    return all(v.get_node().get_type_name() == "Constant" for v in op.input_values()) if op.inputs() else False
 
 
 def register(registry: Registry) -> None:

@@ -1,0 +1,235 @@
+"""Divergence localization (issue 10): a real CNN converted to ONNX and OpenVINO, one middle Conv's weights altered
+in each artifact, and the report must name that Conv as the first divergence, with its inputs agreeing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from convcli.core.artifact import Artifact
+from convcli.core.registry import default_registry
+from convcli.core.tensors import parse_input_spec
+from convcli.parity import divergence as divergence_mod
+from convcli.parity.divergence import LocateRequest, locate
+from tests.conftest import Cli
+from tests.models.catalogue import HERE
+
+MODEL = f"{HERE}/divergence_cnn.py:build"
+INPUT = "x:1x3x16x16:float32"
+ALTERED = "mid.conv.weight"  # the second of four Convs: node_conv2d_1 in the exported graph
+FAST = ["--input", INPUT, "--threads", "2", "--no-latency", "--samples", "8"]
+
+
+def _flip_first_filter(a: np.ndarray) -> np.ndarray:
+    out = a.copy()
+    out[0] *= -1.0
+    return out
+
+
+def _alter_onnx(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == ALTERED:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(_flip_first_filter(numpy_helper.to_array(t)),
+                                                                        t.name))
+    onnx.save(model, str(dst))
+
+
+def _alter_openvino(src: Path, dst: Path) -> None:
+    from openvino import opset13
+
+    from convcli.runners.openvino_runner import require_openvino
+
+    ov = require_openvino()
+    model = ov.Core().read_model(str(src))
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant" and op.get_friendly_name() == ALTERED:
+            new = opset13.constant(_flip_first_filter(op.get_data()))
+            new.set_friendly_name(ALTERED)
+            for target in op.output(0).get_target_inputs():
+                target.replace_source_output(new.output(0))
+    ov.save_model(model, str(dst), compress_to_fp16=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The CNN converted once to ONNX and OpenVINO (no cache), plus an altered copy of each."""
+    root = tmp_path_factory.mktemp("divergence")
+    out = root / "out"
+    res = Cli()("convert", MODEL, "--to", "onnx,openvino", "-o", out, "--no-cache", *FAST)
+    assert res.exit_code == 0, res.output
+    altered = root / "altered"
+    altered.mkdir()
+    _alter_onnx(out / "onnx-fp32" / "model.onnx", altered / "model.onnx")
+    _alter_openvino(out / "openvino-fp32" / "model.xml", altered / "model.xml")
+    return {"out": out, "report": json.loads((out / "report.json").read_text()), "altered": altered, "root": root}
+
+
+def _row(outdir: Path) -> dict[str, Any]:
+    rows = json.loads((outdir / "report.json").read_text())["artifacts"]
+    assert len(rows) == 1
+    return rows[0]
+
+
+def _assert_names_the_altered_conv(d: dict[str, Any]) -> None:
+    assert d["status"] == "found", d["message"]
+    first = d["first"]
+    assert first["node"] == "node_conv2d_1" and first["op"] == "Conv" and first["module"] == "mid.conv", first
+    assert first["source_line"] and "divergence_cnn.py" in first["source_line"]
+    assert first["rel_err"] > 0.1 and first["cosine"] < 0.99
+    assert d["inputs"] and all(not e["diverged"] and e["rel_err"] < 1e-4 for e in d["inputs"]), d["inputs"]
+    before = [e for e in d["path"] if e["index"] < first["index"]]
+    assert before and not any(e["diverged"] for e in before)
+
+
+def test_passing_rows_have_no_divergence(built: dict[str, Any]) -> None:
+    rows = built["report"]["artifacts"]
+    assert {r["id"] for r in rows} == {"onnx-fp32", "openvino-fp32"}
+    assert all(r["status"] == "passed" and r.get("divergence") is None for r in rows)
+    assert not any((built["out"] / r["id"] / "divergence").exists() for r in rows)
+
+
+@pytest.mark.parametrize("artifact", ["model.onnx", "model.xml"])
+def test_check_names_the_altered_conv(cli: Cli, built: dict[str, Any], tmp_path: Path, artifact: str) -> None:
+    out = tmp_path / "check"
+    res = cli("check", MODEL, built["altered"] / artifact, "-o", out, *FAST)
+    assert res.exit_code == 1, res.output
+    row = _row(out)
+    assert row["status"] == "failed"
+    d = row["divergence"]
+    _assert_names_the_altered_conv(d)
+    assert d["reference_values"].startswith("source (torch")
+    assert "first divergence at Conv node_conv2d_1 (mid.conv)" in " ".join(res.output.split())
+    # the repro: one node, its inputs and the reference outputs; from the altered ONNX it reproduces the drift
+    files = {Path(f).name: out / f for f in d["files"]}
+    assert set(files) >= {"subgraph.onnx", "inputs.npz", "expected.npz"}
+    sub = onnx.load(str(files["subgraph.onnx"]))
+    assert [n.op_type for n in sub.graph.node] == ["Conv"]
+    if artifact == "model.onnx":
+        import onnxruntime as ort
+
+        got = ort.InferenceSession(str(files["subgraph.onnx"]), providers=["CPUExecutionProvider"]).run(
+            None, dict(np.load(files["inputs.npz"])))[0]
+        assert np.abs(got - np.load(files["expected.npz"])["conv2d_1"]).max() > 1e-2
+
+
+def test_debug_on_the_altered_artifact_and_on_a_passing_one(cli: Cli, built: dict[str, Any], tmp_path: Path) -> None:
+    res = cli("debug", MODEL, built["altered"] / "model.onnx", "-o", tmp_path / "bad", *FAST[:-3])
+    assert res.exit_code == 1, res.output
+    _assert_names_the_altered_conv(_row(tmp_path / "bad")["divergence"])
+    res = cli("debug", MODEL, built["out"] / "onnx-fp32" / "model.onnx", "-o", tmp_path / "good", *FAST[:-3])
+    assert res.exit_code == 0, res.output
+    d = _row(tmp_path / "good")["divergence"]
+    assert d["status"] == "not_found" and d["compared"] >= 8 and d["first"] is None, d
+
+
+def test_unmatchable_artifact_says_so_in_one_line(cli: Cli, built: dict[str, Any], tmp_path: Path) -> None:
+    """Every tensor renamed and the exporter's metadata dropped, as in an ONNX file from another tool (ORT runs
+    it positionally, so parity still runs and fails on the altered weights)."""
+    model = onnx.load(str(built["altered"] / "model.onnx"))
+    renames: dict[str, str] = {}
+    for n in model.graph.node:
+        del n.metadata_props[:]
+        for i, o in enumerate(n.output):
+            renames[o] = f"t{len(renames)}"
+            n.output[i] = renames[o]
+        for i, x in enumerate(n.input):
+            n.input[i] = renames.get(x, x)
+    for o in model.graph.output:
+        o.name = renames.get(o.name, o.name)
+    del model.graph.value_info[:]
+    path = tmp_path / "renamed.onnx"
+    onnx.save(model, str(path))
+    res = cli("check", MODEL, path, "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 1, res.output
+    d = _row(tmp_path / "out")["divergence"]
+    assert d["status"] == "unmatched" and d["compared"] == 0, d
+    assert d["message"].startswith("no intermediate tensor of the artifact could be matched")
+    assert "\n" not in d["message"]
+    assert d["unmatched"] >= 8 and d["unmatched_reasons"] == {"not in the reference graph": d["unmatched"]}
+
+
+def test_run_fails_on_a_gate_and_localizes_without_changing_verdicts(cli: Cli, tmp_path: Path) -> None:
+    """``convcli run``: a max_abs_err gate below fp32 noise fails both rows; localization runs automatically,
+    finds no layer over the intermediate tolerance, and the report renders it (Markdown section, HTML plot)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""
+version: 1
+source: {{model: "{MODEL}", inputs: ["{INPUT}"]}}
+targets: [{{format: onnx}}, {{format: openvino}}]
+data: {{samples: 8}}
+latency: {{enabled: false, threads: 2}}
+gates: {{max_abs_err: 1.0e-12}}
+reports: [md, html, junit]
+output: {tmp_path / "out"}
+""")
+    res = cli("run", recipe, "--no-cache")
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for row in report["artifacts"]:
+        assert row["status"] == "failed" and row["failures"][0].startswith("max abs err"), row["failures"]
+        d = row["divergence"]
+        assert d["status"] == "not_found" and d["compared"] >= 8, d
+    md = (tmp_path / "out" / "report.md").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "### Where parity fails" in md and "Where parity fails" in html and "error per layer" in html
+    assert "divergence: no compared tensor exceeds" in (tmp_path / "out" / "report.junit.xml").read_text()
+
+
+def test_bisection_narrows_to_the_same_node(built: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 3 tensors per round the 8-tensor graph needs several rounds; the answer must not change."""
+    monkeypatch.setattr(divergence_mod, "MAX_PER_ROUND", 3)
+    from tests.models.divergence_cnn import build
+
+    inputs = [parse_input_spec(INPUT)]
+    source = Artifact("pytorch", None, inputs, output_names=["output"], obj=build())
+    artifact = Artifact("onnx", built["altered"] / "model.onnx", inputs, output_names=["output"])
+    feed = {"x": np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)}
+    reference = built["out"] / "onnx-fp32" / "model.onnx"
+    d = locate(LocateRequest(default_registry(), source, artifact, reference, feed, [0, 1], 2, "fp32", 30.0))
+    assert d.status == "found" and d.first is not None and d.first.node == "node_conv2d_1", d.message
+    assert d.rounds >= 2
+
+
+def test_a_failure_inside_localization_is_a_note(built: dict[str, Any], tmp_path: Path) -> None:
+    inputs = [parse_input_spec(INPUT)]
+    artifact = Artifact("onnx", built["altered"] / "model.onnx", inputs, output_names=["output"])
+    missing = tmp_path / "gone.onnx"
+    shutil.copy(built["altered"] / "model.onnx", missing)
+    missing.write_bytes(b"not an onnx file")
+    d = locate(LocateRequest(default_registry(), artifact, artifact, missing, {"x": np.zeros((1, 3, 16, 16),
+                                                                                           np.float32)},
+                             [0], 2, "fp32", 30.0))
+    assert d.status == "error" and d.message.startswith("divergence localization failed")
+
+
+def test_int8_qdq_tensors_are_compared_as_consumers_read_them(cli: Cli, built: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """ORT's QDQ quantizer drops the Relu after each Conv (the activation's quantization range clips instead), so
+    the int8 graph's tensor named 'relu' holds the unclipped Conv output; the value compared must be its
+    DequantizeLinear view, which is what the next Conv reads."""
+    from convcli.runners.onnxruntime_runner import onnx_intermediates
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(1).random((16, 3, 16, 16), dtype=np.float32))
+    out = tmp_path / "q8"
+    res = cli("convert", MODEL, "--to", "onnx:int8", "--calibration", calib, "-o", out, "--no-cache", *FAST)
+    assert res.exit_code == 0, res.output
+    int8 = out / "onnx-int8" / "model.onnx"
+    assert [n.output[0] for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv"][0] == "relu"
+    reference = built["out"] / "onnx-fp32" / "model.onnx"
+    feed = {"x": np.random.default_rng(2).random((2, 3, 16, 16), dtype=np.float32)}
+    ref = onnx_intermediates(reference, feed, 2, ["relu"], None).by_reference()["relu"]
+    got = onnx_intermediates(int8, feed, 2, ["relu"], reference)
+    assert got.info[next(iter(got.tensors))].op == "Conv+QDQ"
+    value = got.by_reference()["relu"]
+    assert value.min() >= 0.0
+    cos = float(np.dot(ref.ravel(), value.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(value)))
+    assert cos > 0.99, cos
