@@ -16,7 +16,7 @@ BUILTIN_MODULES = (
     "convcli.sources.torch_sources", "convcli.sources.objects",
     "convcli.sources.onnx_source",
     "convcli.converters.torch_to_onnx",
-    "convcli.converters.onnx_to_tensorrt",
+    "convcli.converters.onnx_to_tensorrt", "convcli.runners.tensorrt_runner",
     "convcli.passes.simplify_onnx",
     "convcli.passes.prune_pytorch",
     "convcli.passes.fp16_onnx", "convcli.passes.quantize_onnx",

@@ -83,8 +83,9 @@ def test_int8_step_options_set_calibration_samples_and_method(cli, catalogue, tm
     q = _step(report, "QuantizeOnnxInt8")["details"]["int8"]
     assert q["calibration"]["samples"] == 16 and q["calibration"]["samples_loaded"] == 64
     assert q["calibration"]["method"] == "entropy"
-    # int8 activations default to symmetric: explicit Q/DQ with zero points 0, what TensorRT builds from
-    assert q["symmetric_activations"] and q["tensorrt_explicit_qdq"]
+    # int8 activations default to symmetric (zero points 0), but ORT's form keeps int32 biases behind a
+    # DequantizeLinear, which TensorRT rejects: only qdq_form=tensorrt is a TensorRT input
+    assert q["symmetric_activations"] and not q["tensorrt_explicit_qdq"] and q["qdq_form"] == "onnxruntime"
     model = onnx.load(str(out / _row(report, "onnx-int8")["path"]))
     inits = {t.name: t for t in model.graph.initializer}
     zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node

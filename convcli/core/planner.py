@@ -4,6 +4,12 @@ the source, shares common prefixes between targets, and explains targets it cann
 A chain is: converters along the cheapest path through the format graph, each followed by the default
 passes of the format it lands in (e.g. SimplifyOnnx), then a precision step for non-fp32 targets (a pass
 whose ``output_precision`` matches, or the last converter when it lists the precision itself).
+
+A converter whose output keeps the precision of its input (``Converter.input_precision``: TensorRT builds an
+int8 engine from explicit Q/DQ nodes in the ONNX, an fp16 engine from an fp16 ONNX) gets the precision step
+*before* it, in its source format, with the options it needs. That intermediate file is then a target of its
+own, ``<format>-<precision>-for-<target>`` (e.g. ``onnx-int8-for-tensorrt``), so it is measured and judged
+like any artifact, and it is built even where the last converter cannot run (no GPU for TensorRT).
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ class TargetRequest:
     precision: str = "fp32"
     options: dict[str, Any] = field(default_factory=dict)
     via: str | None = None  # a converter name the path must use (e.g. to compare two paths)
+    feeds: str | None = None  # set on the input target the planner adds for a converter's input precision
 
     @property
     def label(self) -> str:
+        if self.feeds:
+            return f"{self.format}-{self.precision}-for-{self.feeds}"
         return f"{self.format}-{self.precision}" + (f"@{self.via}" if self.via else "")
 
 
@@ -133,6 +142,43 @@ def plan(
                 chain.append(current)
         return current
 
+    def precision_pass(fmt: str, precision: str) -> tuple[type[Step] | None, str]:
+        """The first available pass of ``fmt`` producing ``precision``, or None and why not."""
+        candidates = [p for p in registry.passes.values() if p.source == fmt and p.output_precision == precision]
+        ready = [p for p in candidates if p.availability().available]
+        if ready:
+            return ready[0], ""
+        why = "; ".join(f"{p.name}: {p.availability().reason}" for p in candidates)
+        return None, why or f"no {precision} step is registered for {fmt}"
+
+    def input_target(req: TargetRequest, path: list[type[Converter]], conv: type[Converter]) -> PlannedTarget:
+        """Plan (and add as a target) the file ``conv`` is built from for ``req.precision``: ``path`` to its
+        source format, that format's default passes, then its precision pass with the options ``conv`` needs
+        (they win over ``-O`` for this chain only). Unavailable when no precision pass can run."""
+        feed_req = TargetRequest(conv.source, req.precision, feeds=req.format + (f"@{req.via}" if req.via else ""))
+        existing = next((t for t in result.targets if t.request.label == feed_req.label), None)
+        if existing is not None:
+            return existing
+        step, why = precision_pass(conv.source, req.precision)
+        if step is None:
+            target = PlannedTarget(feed_req, None, unavailable=why)
+            result.targets.append(target)
+            return target
+        chain: list[str] = []
+        current = "source"
+        for c in path:
+            current = add(c, options_for(c, {}, f"target {feed_req.label}"), current)
+            chain.append(current)
+            current = default_passes(c.target, current, chain)
+        if not path:
+            current = default_passes(conv.source, current, chain)
+        needed = conv.input_precision[req.precision].get(step.name, {})
+        current = add(step, options_for(step, needed, f"target {feed_req.label}"), current)
+        chain.append(current)
+        target = PlannedTarget(feed_req, current, chain)
+        result.targets.append(target)
+        return target
+
     for req in targets:
         fmt = registry.format_named(req.format).name
         req.format = fmt
@@ -150,22 +196,30 @@ def plan(
                 )
             blocked = [c for c in any_path if not c.availability().available]
             reason = "; ".join(f"{c.name}: {c.availability().reason}" for c in blocked)
+            if blocked == [any_path[-1]] and req.precision in any_path[-1].input_precision:
+                input_target(req, any_path[:-1], any_path[-1])  # built and judged even so
             result.targets.append(PlannedTarget(req, None, unavailable=reason))
             continue
         final_conv = path[-1] if path else None
+        if final_conv is not None and req.precision in final_conv.input_precision:
+            feed = input_target(req, path[:-1], final_conv)
+            if feed.final_step is None:
+                result.targets.append(PlannedTarget(req, None, unavailable=f"its input {feed.request.label}: "
+                                                                          f"{feed.unavailable}"))
+                continue
+            current = add(final_conv, options_for(final_conv, {**req.options, "precision": req.precision},
+                                                  f"target {req.label}"), feed.chain[-1])
+            built = [*feed.chain, current]
+            default_passes(final_conv.target, current, built)
+            result.targets.append(PlannedTarget(req, built[-1], built))
+            continue
         precision_step = None
         if req.precision != "fp32" and not (final_conv and req.precision in final_conv.precisions):
             # Decided before any step is added, so an unreachable precision adds no steps to the plan.
-            precision_passes = [
-                p for p in registry.passes.values() if p.source == fmt and p.output_precision == req.precision
-            ]
-            ready = [p for p in precision_passes if p.availability().available]
-            if not ready:
-                why = "; ".join(f"{p.name}: {p.availability().reason}" for p in precision_passes)
-                reason = why or f"no {req.precision} step is registered for {fmt}"
+            precision_step, reason = precision_pass(fmt, req.precision)
+            if precision_step is None:
                 result.targets.append(PlannedTarget(req, None, [], unavailable=reason))
                 continue
-            precision_step = ready[0]
         chain: list[str] = []
         current = "source"
         for conv in path:
@@ -184,4 +238,7 @@ def plan(
             current = add(precision_step, options_for(precision_step, {}, f"target {req.label}"), current)
             chain.append(current)
         result.targets.append(PlannedTarget(req, chain[-1] if chain else None, chain))
+    # An input file the user asked for anyway (onnx:fp16 beside tensorrt:fp16) is reported once, under its own id.
+    asked = {t.final_step for t in result.targets if not t.request.feeds and t.final_step}
+    result.targets = [t for t in result.targets if not (t.request.feeds and t.final_step in asked)]
     return result

@@ -59,6 +59,7 @@ class StepContext:
     validation_source: Callable[[], DataSet | None] | None = None
     timeout_s: float = 900.0
     debug: bool = False
+    cache_dir: Path | None = None  # convcli's cache folder (None: caching off), for a tool's own caches
     log: list[str] = field(default_factory=list)
 
     @property
@@ -123,6 +124,12 @@ class Step:
     def availability(cls) -> Availability:
         return check_packages(cls.requires)
 
+    @classmethod
+    def machine_key(cls) -> Any:
+        """What about this machine, beyond package versions, the step's output depends on (part of its cache
+        key when not None): a TensorRT engine is valid only on the GPU model, driver and TensorRT that built it."""
+        return None
+
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -148,6 +155,11 @@ class Step:
 
 class Converter(Step):
     """An edge of the graph: source format -> a different target format."""
+
+    # Precisions this converter takes from its input instead of producing them: for each, the options its source
+    # format's precision pass must run with, by pass name (TensorRT: int8 -> symmetric int8 Q/DQ from
+    # QuantizeOnnxInt8). The planner puts that pass before the converter and reports its file as a row.
+    input_precision: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
 
 
 class Pass(Step):

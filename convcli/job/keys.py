@@ -77,8 +77,10 @@ def step_keys(the_plan: Plan, root_key: str, calibration_key: str | None,
         step = planned.step
         versions = {m: package_version(m) for m in step.requires}
         calibration, validation = step.data_inputs(planned.options)
+        machine = step.machine_key()
         keys[sid] = make_key("step", upstream, step.name, planned.options.model_dump(mode="json"), versions,
-                             calibration_key if calibration else None, validation_key if validation else None)
+                             calibration_key if calibration else None, validation_key if validation else None,
+                             *([machine] if machine is not None else []))
     return keys
 
 

@@ -86,6 +86,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.convcli-", dir=output.parent))
     try:
         ctx = StepContext(workdir=workdir, threads=threads, debug=debug,
+                          cache_dir=cache.root if cache.enabled else None,
                           calibration_source=lambda: data.get().calibration,
                           validation_source=data.for_steps)
         outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)

@@ -11,8 +11,10 @@ Defaults, and why (measured on this project's 2-core AVX-512 VNNI CPU, docs in E
   QDQ ResNet-18 ran slower than fp32 (25.8 vs 15.7 ms); with it 4.0 ms.
 - ``activation_type=uint8`` (weights int8): x86 int8 GEMM kernels multiply unsigned activation bytes by signed
   weight bytes (VNNI ``vpdpbusd``); signed activations take a slower path: a ResNet-18 ran 3x slower with them,
-  about as slow as fp32. TensorRT needs signed, symmetric activations (zero point 0): choose
-  ``activation_type=int8``, which then defaults to ``symmetric_activations=true``.
+  about as slow as fp32. TensorRT needs signed, symmetric activations (zero point 0) and more: ``qdq_form=tensorrt``
+  (what ``--to tensorrt:int8`` plans) writes int8 symmetric activations, per-channel weights kept float behind
+  Q/DQ pairs and float biases; ORT's default form stores int32 biases behind a DequantizeLinear, which
+  TensorRT's ONNX parser rejects.
 - ``per_channel=true``: one weight scale per output channel. On a transformer encoder it lifted cosine from 0.96
   (per-tensor) to 0.993 at a small cost in speed.
 - Attention-mask arithmetic is never quantized (``guard_attention_mask``): an Add/Mul/Where fed from a non-float
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from convcli.core.artifact import Artifact
 from convcli.core.errors import ConversionError, first_line
@@ -115,6 +117,11 @@ class Int8Options(BudgetOptions):
     symmetric_activations: bool | None = Field(
         default=None, description="Zero point 0 for activations; default: true for int8 (TensorRT), false for "
                                   "uint8.")
+    qdq_form: Literal["onnxruntime", "tensorrt"] = Field(
+        default="onnxruntime", description="static mode: onnxruntime (int8 weights stored quantized, int32 biases) "
+                                           "or tensorrt (what TensorRT's parser builds from: symmetric int8 "
+                                           "activations, per-channel weights kept float with Q/DQ pairs, float "
+                                           "biases; needs activation_type=int8).")
     preprocess: bool = Field(default=True, description="Run onnxruntime's quant_pre_process first.")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names never quantized.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types never quantized.")
@@ -124,6 +131,17 @@ class Int8Options(BudgetOptions):
                                    "accuracy and they hold no weights to shrink.")
     guard_attention_mask: bool = Field(
         default=True, description="Never quantize attention-mask arithmetic (see the step's documentation).")
+
+    @model_validator(mode="after")
+    def _tensorrt_form(self) -> Int8Options:
+        if self.qdq_form == "tensorrt":
+            if self.mode == "dynamic":
+                raise ValueError("qdq_form=tensorrt is static Q/DQ; mode=dynamic writes DynamicQuantizeLinear, "
+                                 "which TensorRT does not build")
+            if self.activation_type != "int8" or self.symmetric_activations is False:
+                raise ValueError("qdq_form=tensorrt needs activation_type=int8 with symmetric activations "
+                                 "(TensorRT quantizes with zero point 0)")
+        return self
 
     @field_validator("calibration_method")
     @classmethod
@@ -385,7 +403,8 @@ class QuantizeOnnxInt8(Pass):
             "float_layer_ops": [ops_by_name.get(n) for n in best_layers],
             "result": best_score.as_dict(),
             "budget_met": budget_met,
-            "tensorrt_explicit_qdq": static and opts.activation_type == "int8" and self._symmetric(opts),
+            "qdq_form": opts.qdq_form if static else None,
+            "tensorrt_explicit_qdq": static and opts.qdq_form == "tensorrt",
             "seconds": round(time.perf_counter() - started, 2),
         }
         if static:
@@ -539,6 +558,10 @@ class QuantizeOnnxInt8(Pass):
                 extra: dict[str, Any] = {"ActivationSymmetric": self._symmetric(opts)}
                 if opts.calibration_method == "percentile":
                     extra["CalibPercentile"] = opts.percentile
+                if opts.qdq_form == "tensorrt":
+                    # TensorRT's parser takes DequantizeLinear only of int8 data it can fold into a layer: weights
+                    # stay float behind a Q/DQ pair, biases stay float (an int32 bias DQ is rejected).
+                    extra.update({"WeightSymmetric": True, "AddQDQPairToWeight": True, "QuantizeBias": False})
                 quantize_static(
                     str(base), str(out), _Reader(calib, batch, fixed, types), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types, per_channel=opts.per_channel,
