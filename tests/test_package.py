@@ -251,3 +251,16 @@ def test_model_names(name: str | None, model: str, expected: str) -> None:
 def test_help_has_an_example(cli: Cli) -> None:
     res = cli("package", "--help")
     assert res.exit_code == 0 and "Example" in res.output and "--triton" in res.output
+
+
+def test_an_intermediate_file_for_tensorrt_is_not_packaged(cli: Cli, tmp_path: Path) -> None:
+    """`--to tensorrt:fp16` also builds (and judges) the mixed-precision ONNX the engine is built from; that file
+    is the engine's input, not a model to serve, so only the real onnx target is packaged."""
+    out, repo = tmp_path / "run", tmp_path / "repo"
+    digits(cli, out, "onnx,tensorrt:fp16")
+    ids = {a["id"]: a["status"] for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    assert ids.get("onnx-fp16-for-tensorrt") == "passed" and ids.get("tensorrt-fp16") == "unavailable"
+    r = cli("package", out, "--triton", repo)
+    assert r.exit_code == 0, r.output
+    assert "onnx-fp16-for-tensorrt" in r.output and "not a deployable of its own" in r.output
+    assert [p.name for p in repo.iterdir() if p.is_dir()] == [model_name("digits_cnn", "onnx-fp32")]

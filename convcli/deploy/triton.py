@@ -503,6 +503,9 @@ def package(outdir: Path, spec: PackageSpec) -> PackageResult:
     for row in report.artifacts:
         if row.status != "passed":
             result.skipped.append((row.id, f"{row.status}{': ' + row.error if row.error else ''}"))
+        elif "-for-" in row.id:  # planner.py: an input another target is built from, not a deployable of its own
+            result.skipped.append((row.id, f"an intermediate file for {row.id.rsplit('-for-', 1)[1]}, not a "
+                                           "deployable of its own"))
         elif row.format in NOT_SERVED:
             result.skipped.append((row.id, NOT_SERVED[row.format]))
         elif row.format not in BACKENDS:
