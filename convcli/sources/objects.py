@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from convcli.core.artifact import Artifact
 from convcli.core.errors import InputError
@@ -216,23 +216,31 @@ def _declared_inputs(model: Any) -> list[TensorSpec] | None:
     return None
 
 
-class PytorchObjectLoader(SourceLoader):
+class _HeldObjectLoader(SourceLoader):
+    """What both in-memory loaders share: the token they answer to (``<in-memory KIND ...>``) and the content
+    digest of the object held under it (the cache key's stand-in for a file hash)."""
+
+    kind: ClassVar[str] = ""
+    priority = 100
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        return spec.startswith(f"{PREFIX}{cls.kind} ")
+
+    @classmethod
+    def content_digest(cls, spec: str) -> str | None:
+        held = _HELD.get(spec)
+        return held.digest if held is not None else None
+
+
+class PytorchObjectLoader(_HeldObjectLoader):
     """A ``torch.nn.Module`` passed to the Python API. It is put in eval mode for the job (the API restores its
     training mode afterwards) and must live on the CPU, where convcli runs the source."""
 
     name = "pytorch-object"
     format = "pytorch"
     requires = ("torch",)
-    priority = 100
-
-    @classmethod
-    def matches(cls, spec: str) -> bool:
-        return spec.startswith(f"{PREFIX}pytorch ")
-
-    @classmethod
-    def content_digest(cls, spec: str) -> str | None:
-        held = _HELD.get(spec)
-        return held.digest if held is not None else None
+    kind = "pytorch"
 
     def load(self, request: SourceRequest) -> Artifact:
         from convcli.sources.torch_sources import probe_outputs
@@ -252,7 +260,7 @@ class PytorchObjectLoader(SourceLoader):
                         details={"source": request.spec, "weights": ""})
 
 
-class KerasObjectLoader(SourceLoader):
+class KerasObjectLoader(_HeldObjectLoader):
     """A Keras model passed to the Python API: saved once to a ``.keras`` file in the call's temporary folder,
     then loaded like a ``.keras`` file (the TensorFlow converters read that file in child processes)."""
 
@@ -260,16 +268,7 @@ class KerasObjectLoader(SourceLoader):
     format = "keras"
     requires = ("tensorflow",)
     also_uses = ("keras", "tf_keras")
-    priority = 100
-
-    @classmethod
-    def matches(cls, spec: str) -> bool:
-        return spec.startswith(f"{PREFIX}keras ")
-
-    @classmethod
-    def content_digest(cls, spec: str) -> str | None:
-        held = _HELD.get(spec)
-        return held.digest if held is not None else None
+    kind = "keras"
 
     def load(self, request: SourceRequest) -> Artifact:
         from convcli.sources.tf_sources import KerasLoader
