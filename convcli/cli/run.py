@@ -106,7 +106,7 @@ def _print_plan(path: Path, spec: object) -> None:
     assert isinstance(spec, JobSpec)
     registry = default_registry()
     loader = find_loader(registry, spec)
-    the_plan = plan(registry, loader.format, target_requests(spec), spec.step_options)
+    the_plan = plan(registry, loader.format, target_requests(spec, registry), spec.step_options)
     print_plan(the_plan, f"[bold]{path}[/] ({spec.name}): {spec.source.model} ({loader.format}) -> {spec.output}")
 
 

@@ -105,7 +105,7 @@ def flag_speed(rows: list[ArtifactReport]) -> None:
     SLOWER_MARGIN and the combined spread of the two numbers, and only between numbers measured in the same
     rounds (a row and its own source pair; siblings with the same run id). ``speed_within_noise`` records
     whether the row's difference from the source is inside the spread, so the report can say so."""
-    order = {"fp32": 0, "fp16": 1, "int8": 2}
+    order = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2}
     for row in rows:
         head, src = row.latency_ms, row.source_latency_ms
         if head is None:
