@@ -16,9 +16,12 @@ from convcli.core import cpu
 from convcli.core.cpu import cpu_bf16_support
 from convcli.core.planner import TargetRequest, plan, precisions_for
 from convcli.core.registry import default_registry
+from convcli.job.evaluation import best_artifact, fastest_passed
 from convcli.job.source import expand_auto
+from convcli.parity.latency import LatencyStats
 from convcli.passes.bf16_openvino import HintOpenvinoBf16
 from convcli.recipes.schema import JobSpec
+from convcli.reports.model import ArtifactReport, Measured
 from convcli.runners.openvino_runner import inference_hint
 from tests.conftest import FAST
 from tests.models.catalogue import DIGITS, ROOT
@@ -87,8 +90,44 @@ def test_auto_expands_per_target_and_the_schema_knows_it() -> None:
     assert expanded.targets[0].precisions == ["fp32", "fp16", "bf16", "int8"]
     assert note is not None and "left out" not in note
     assert expand_auto(registry, expanded) == (expanded, None)
+    from convcli.cli.run import _apply_overrides
+
+    picked = spec.model_copy(deep=True)
+    _apply_overrides(picked, ["openvino-bf16,onnx"], False, None, None)  # --only picks from what auto becomes
+    assert [(t.format, t.precisions) for t in picked.targets] == [("openvino", ["bf16"]), ("onnx", ["auto"])]
     schema = json.loads((ROOT / "docs/recipe-schema.json").read_text())
     assert {"const": "auto", "type": "string"} in schema["$defs"]["OpenvinoTarget"]["properties"]["precisions"]["anyOf"]
+
+
+def _row(rid: str, status: str, p50: float | None, spread: float = 0.01, run: str = "r1") -> ArtifactReport:
+    def lat(v: float) -> LatencyStats:
+        return LatencyStats(p50=v, p90=v, p99=v, mean=v, throughput=1e3 / v, batch=1, runs=30,
+                            p25=v - spread, p75=v + spread)
+
+    fmt, prec = rid.split("-")
+    return ArtifactReport(id=rid, format=fmt, precision=prec, status=status,  # type: ignore[arg-type]
+                          path=f"{rid}/model.xml", latency_ms=lat(p50) if p50 else None,
+                          source_latency_ms=lat(1.0) if p50 else None, speedup_vs_source=1.0 / p50 if p50 else None,
+                          measured=Measured(run_id=run, at="", machine="m") if p50 else None)
+
+
+def test_best_is_the_fastest_passed_row_and_says_why() -> None:
+    rows = [_row("openvino-fp32", "passed", 0.5), _row("openvino-bf16", "passed", 0.2),
+            _row("openvino-int8", "failed", 0.1), _row("openvino-fp16", "unavailable", None)]
+    best = best_artifact(rows, fastest_passed(rows))
+    assert best is not None and best.id == "openvino-bf16" and best.folder == "openvino-bf16"  # never the failed int8
+    assert best.speedup == 5.0 and best.p50_ms == 0.2 and best.path == "openvino-bf16/model.xml"
+    assert best.why.startswith("fastest of 2 passed artifacts (5.00x the source, p50 0.200 ms), ranked by speedup")
+    close = [_row("openvino-fp32", "passed", 0.21, spread=0.05), _row("openvino-bf16", "passed", 0.2, spread=0.05)]
+    best = best_artifact(close, fastest_passed(close))
+    assert best is not None and "within noise of openvino-fp32" in best.why
+    only = [_row("openvino-fp32", "passed", 0.5), _row("openvino-bf16", "failed", 0.2)]
+    best = best_artifact(only, fastest_passed(only))
+    assert best is not None and best.id == "openvino-fp32" and best.why == "the only artifact that passed"
+    untimed = [_row("openvino-fp16", "failed", None), _row("openvino-fp32", "passed", None)]
+    best = best_artifact(untimed, fastest_passed(untimed))
+    assert best is not None and best.id == "openvino-fp32" and best.why.startswith("latency not measured")
+    assert best_artifact([_row("openvino-fp32", "failed", 0.5)], None) is None
 
 
 def test_auto_on_a_cpu_without_bf16_and_best_link(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ from convcli.core.registry import Registry
 from convcli.core.runner import Session
 from convcli.job.data import LazyData
 from convcli.job.divergence import ReferenceExport, fails_parity
-from convcli.job.judge import exit_code, flag_speed, judge
+from convcli.job.judge import exit_code, flag_speed, judge, same_run, within_noise
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
 from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, Tolerance, assume_kind, compare_outputs
@@ -366,11 +366,18 @@ def best_artifact(rows: list[ArtifactReport], fastest: str | None) -> BestArtifa
     elif len(passed) == 1:
         why = "the only artifact that passed"
     else:
-        ranked = ("speedup over the source, each timed in the same rounds as its source" if
-                  all(r.speedup_vs_source is not None for r in passed if r.latency_ms is not None) else "p50 latency")
+        by_speedup = all(r.speedup_vs_source is not None for r in passed if r.latency_ms is not None)
+        ranked = "speedup over the source, each timed in the same rounds as its source" if by_speedup else "p50 latency"
         speed = f"{row.speedup_vs_source:.2f}x the source, " if row.speedup_vs_source is not None else ""
         p50 = f"p50 {row.latency_ms.p50:.3f} ms" if row.latency_ms is not None else ""
         why = f"fastest of {len(passed)} passed artifacts ({speed}{p50}), ranked by {ranked}"
+        others = [r for r in passed if r is not row and r.latency_ms is not None]
+        runner_up = (max(others, key=lambda r: r.speedup_vs_source or 0.0) if by_speedup else
+                     min(others, key=lambda r: r.latency_ms.p50 if r.latency_ms else float("inf"))) if others else None
+        if (runner_up is not None and runner_up.latency_ms is not None and row.latency_ms is not None
+                and same_run(row, runner_up) and within_noise(row.latency_ms, runner_up.latency_ms)):
+            why += (f"; within noise of {runner_up.id} (p50 {runner_up.latency_ms.p50:.3f} ms): either would do, "
+                    "more --runs would tell them apart")
     return BestArtifact(id=row.id, path=row.path, folder=row.id, format=row.format, precision=row.precision,
                         p50_ms=row.latency_ms.p50 if row.latency_ms is not None else None,
                         speedup=row.speedup_vs_source, why=why)
