@@ -208,6 +208,10 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
     report.command = command
     for row in report.artifacts:
         row.path = row.chain
+    best = report.best_artifact
+    if best is not None:  # check writes no artifacts: best names the file it was given, and no link is made
+        best.path = next(r.path for r in report.artifacts if r.id == best.id)
+        best.folder = str(Path(best.path).parent) if best.path else ""
     atomic_write_text(spec.output / "report.json", report.to_json() + "\n")
     return report
 
