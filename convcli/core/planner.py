@@ -26,7 +26,7 @@ from convcli.core.registry import Registry
 from convcli.core.step import Converter, Step
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-AUTO = "auto"  # every precision a target has a step for (``auto_precisions``)
+AUTO = "auto"  # every precision a target has a step for (``precisions_for``; expanded by job.source.expand_auto)
 
 
 @dataclass
