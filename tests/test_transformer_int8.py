@@ -62,6 +62,8 @@ def test_attention_ir_without_token_ids_is_taken_for_a_transformer() -> None:
     scores = ops.softmax(ops.matmul(q, x, False, True), -1)
     attention = ov.Model([ops.matmul(scores, x, False, False)], [x])
     assert is_attention_graph(attention)
+    fused = ov.Model([ops.scaled_dot_product_attention(x, x, x, causal=False)], [x])  # OpenVINO's fused form
+    assert is_attention_graph(fused)
 
     img = ops.parameter([1, 3, 8, 8], np.float32, name="img")
     conv = ops.convolution(img, ops.constant(np.ones((4, 3, 3, 3), np.float32)), [1, 1], [0, 0], [0, 0], [1, 1])
@@ -69,6 +71,12 @@ def test_attention_ir_without_token_ids_is_taken_for_a_transformer() -> None:
     cnn = ov.Model([ops.softmax(ops.matmul(flat, ops.constant(np.ones((144, 4), np.float32)), False, False), -1)],
                    [img])
     assert not is_attention_graph(cnn)
+
+    features = ops.parameter([1, 16], np.float32, name="features")  # an MLP classifier: Softmax is its output
+    hidden = ops.relu(ops.matmul(features, ops.constant(np.ones((16, 8), np.float32)), False, False))
+    mlp = ov.Model([ops.softmax(ops.matmul(hidden, ops.constant(np.ones((8, 4), np.float32)), False, False), -1)],
+                   [features])
+    assert not is_attention_graph(mlp)
 
 
 def test_smooth_quant_alpha_needs_a_transformer(cli, catalogue, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ class OpenvinoInt8Options(BaseModel):
     model_type: Literal["auto", "generic", "transformer"] = Field(
         default="auto", description="transformer adds NNCF's transformer patterns (attention kept unquantized where "
                                     "it hurts, SmoothQuant); auto: transformer when an input is integer token ids "
-                                    "or the IR is attention without convolutions (MatMul + Softmax, no Convolution).")
+                                    "or the IR has attention (a Softmax feeding a MatMul) and no Convolution.")
     smooth_quant_alpha: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="transformer only: SmoothQuant's alpha for MatMuls (how much of "
                                                    "the activation outliers move into the weights); -1 switches "
@@ -156,10 +156,22 @@ def is_token_model(artifact: Artifact) -> bool:
 
 
 def is_attention_graph(model: Any) -> bool:
-    """An IR with MatMul and Softmax and no convolution: a transformer even when its inputs are float (embeddings
-    or features fed directly)."""
-    kinds = {op.get_type_name() for op in model.get_ops()}
-    return "MatMul" in kinds and "Softmax" in kinds and not kinds & {"Convolution", "GroupConvolution"}
+    """An IR with attention (a Softmax whose result a MatMul consumes: scores x values, or the fused
+    ScaledDotProductAttention OpenVINO's frontend makes of some exports) and no convolution: a transformer even
+    when its inputs are float (embeddings or features fed directly). A classifier whose Softmax is its output is
+    not one."""
+    ops = model.get_ops()
+    kinds = {op.get_type_name() for op in ops}
+    if kinds & {"Convolution", "GroupConvolution"}:
+        return False
+    if "ScaledDotProductAttention" in kinds:
+        return True
+    for op in ops:
+        if op.get_type_name() in ("Softmax", "SoftMax"):
+            consumers = [t.get_node() for out in op.outputs() for t in out.get_target_inputs()]
+            if any(c.get_type_name() == "MatMul" for c in consumers):
+                return True
+    return False
 
 
 # -- which layers are int8 ------------------------------------------------------------------------------
@@ -445,7 +457,7 @@ class QuantizeOpenvinoInt8(Pass):
         why = "chosen with the model_type option"
         if opts.model_type == "auto":
             why = "auto: integer token-id inputs" if is_token_model(artifact) else (
-                "auto: attention graph (MatMul + Softmax, no Convolution)" if is_attention_graph(model) else "auto")
+                "auto: attention without convolutions" if is_attention_graph(model) else "auto")
         transformer = opts.model_type == "transformer" or (opts.model_type == "auto" and why != "auto")
         if opts.smooth_quant_alpha is not None and not transformer:
             raise ConversionError(f"{where}: smooth_quant_alpha applies to transformers; this IR was not taken for "
