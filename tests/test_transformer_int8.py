@@ -85,3 +85,27 @@ def test_smooth_quant_alpha_needs_a_transformer(cli, catalogue, tmp_path: Path) 
               "-O", "QuantizeOpenvinoInt8.smooth_quant_alpha=0.5", "--no-latency", "-o", tmp_path / "out")
     assert res.exit_code != 0
     assert "smooth_quant_alpha applies to transformers" in res.output
+
+
+def test_onnx_auto_mode_takes_attention_not_any_softmax_for_a_transformer() -> None:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from convcli.passes.quantize_onnx import is_transformer_like
+
+    def graph(nodes: list, weights: dict[str, np.ndarray]) -> object:
+        inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
+
+    w = {"w": np.ones((16, 16), np.float32)}
+    attention = graph([helper.make_node("MatMul", ["x", "w"], ["q"]),
+                       helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+                       helper.make_node("MatMul", ["q", "xt"], ["s"]),
+                       helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+                       helper.make_node("MatMul", ["p", "x"], ["y"])], w)
+    classifier = graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                        helper.make_node("Softmax", ["h"], ["y"], axis=-1)], w)
+    assert is_transformer_like(attention)
+    assert not is_transformer_like(classifier)

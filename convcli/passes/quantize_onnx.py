@@ -189,8 +189,15 @@ class _Reader:
 
 
 def is_transformer_like(model: Any) -> bool:
+    """No Conv, and attention: a Softmax whose result a MatMul consumes (scores x values), or a fused attention op.
+    A float-input classifier whose Softmax is its output stays "not transformer-like" (static INT8)."""
     ops = {n.op_type for n in model.graph.node}
-    return "Conv" not in ops and "MatMul" in ops and bool(ops & {"Softmax", "Attention", "MultiHeadAttention"})
+    if "Conv" in ops:
+        return False
+    if ops & {"Attention", "MultiHeadAttention"}:
+        return True
+    softmax = {o for n in model.graph.node if n.op_type == "Softmax" for o in n.output}
+    return any(n.op_type == "MatMul" and any(i in softmax for i in n.input) for n in model.graph.node)
 
 
 def integer_inputs(model: Any) -> list[str]:
@@ -441,7 +448,7 @@ class QuantizeOnnxInt8(Pass):
         if ints:
             return "dynamic", f"auto: integer input(s) {', '.join(ints)} (token ids)"
         if is_transformer_like(model):
-            return "dynamic", "auto: transformer-like graph (MatMul + Softmax, no Conv)"
+            return "dynamic", "auto: transformer-like graph (attention: Softmax into MatMul, no Conv)"
         return "static", "auto: float inputs, not transformer-like"
 
     @staticmethod
