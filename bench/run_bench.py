@@ -402,6 +402,9 @@ def write(state: dict[str, Any]) -> None:
         parts.append(coverage_markdown(state["coverage"]))
     elif DOC.exists() and "\n## Coverage" in DOC.read_text():  # an earlier run's table, not re-measured this time
         parts.append("## Coverage" + DOC.read_text().split("\n## Coverage", 1)[1].rstrip() + "\n")
+    transformer_int8 = ROOT / "bench" / "transformer_int8.md"  # measured by bench/transformer_int8.py on its own
+    if transformer_int8.exists():
+        parts.append(transformer_int8.read_text().rstrip() + "\n")
     notes = ROOT / "bench" / "NOTES.md"  # what the numbers mean, written by hand after a run
     if notes.exists():
         parts.insert(4, notes.read_text().rstrip() + "\n")

@@ -63,7 +63,12 @@ class OpenvinoInt8Options(BaseModel):
                                     "for non-ReLU activations); auto: mixed for transformers, else performance.")
     model_type: Literal["auto", "generic", "transformer"] = Field(
         default="auto", description="transformer adds NNCF's transformer patterns (attention kept unquantized where "
-                                    "it hurts, SmoothQuant); auto: transformer when an input is integer token ids.")
+                                    "it hurts, SmoothQuant); auto: transformer when an input is integer token ids "
+                                    "or the IR has attention (a Softmax feeding a MatMul) and no Convolution.")
+    smooth_quant_alpha: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="transformer only: SmoothQuant's alpha for MatMuls (how much of "
+                                                   "the activation outliers move into the weights); -1 switches "
+                                                   "SmoothQuant off; default: NNCF's own (0.95).")
     fast_bias_correction: bool = Field(
         default=True, description="NNCF's fast bias correction; false: the slower, usually more accurate method.")
     ignored_types: list[str] = Field(
@@ -148,6 +153,25 @@ def describe_ports(model: Any, artifact: Artifact, where: str) -> Ports:
 
 def is_token_model(artifact: Artifact) -> bool:
     return any(s.dtype.startswith(("int", "uint")) for s in artifact.inputs)
+
+
+def is_attention_graph(model: Any) -> bool:
+    """An IR with attention (a Softmax whose result a MatMul consumes: scores x values, or the fused
+    ScaledDotProductAttention OpenVINO's frontend makes of some exports) and no convolution: a transformer even
+    when its inputs are float (embeddings or features fed directly). A classifier whose Softmax is its output is
+    not one."""
+    ops = model.get_ops()
+    kinds = {op.get_type_name() for op in ops}
+    if kinds & {"Convolution", "GroupConvolution"}:
+        return False
+    if "ScaledDotProductAttention" in kinds:
+        return True
+    for op in ops:
+        if op.get_type_name() in ("Softmax", "SoftMax"):
+            consumers = [t.get_node() for out in op.outputs() for t in out.get_target_inputs()]
+            if any(c.get_type_name() == "MatMul" for c in consumers):
+                return True
+    return False
 
 
 # -- which layers are int8 ------------------------------------------------------------------------------
@@ -430,7 +454,14 @@ class QuantizeOpenvinoInt8(Pass):
         split = split_calibration(calibration, opts, search == "cosine", batch, where)
         calib_items = [ports.feed(split.calibration, a, b) for a, b in ports.chunks(split.calibration)]
 
-        transformer = opts.model_type == "transformer" or (opts.model_type == "auto" and is_token_model(artifact))
+        why = "chosen with the model_type option"
+        if opts.model_type == "auto":
+            why = "auto: integer token-id inputs" if is_token_model(artifact) else (
+                "auto: attention without convolutions" if is_attention_graph(model) else "auto")
+        transformer = opts.model_type == "transformer" or (opts.model_type == "auto" and why != "auto")
+        if opts.smooth_quant_alpha is not None and not transformer:
+            raise ConversionError(f"{where}: smooth_quant_alpha applies to transformers; this IR was not taken for "
+                                  "one", hint="add -O QuantizeOpenvinoInt8.model_type=transformer")
         preset = opts.preset if opts.preset != "auto" else ("mixed" if transformer else "performance")
         float_layers = layer_precisions(model)
         ignored = None
@@ -440,6 +471,19 @@ class QuantizeOpenvinoInt8(Pass):
             preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
             subset_size=len(calib_items), fast_bias_correction=opts.fast_bias_correction,
             model_type=nncf.ModelType.TRANSFORMER if transformer else None, ignored_scope=ignored)
+        smooth_quant: dict[str, Any] | None = None
+        if transformer:
+            from nncf.quantization.advanced_parameters import (
+                AdvancedQuantizationParameters,
+                AdvancedSmoothQuantParameters,
+            )
+
+            alphas = AdvancedSmoothQuantParameters()
+            if opts.smooth_quant_alpha is not None:
+                alphas = AdvancedSmoothQuantParameters(matmul=opts.smooth_quant_alpha)
+                kwargs["advanced_parameters"] = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
+            smooth_quant = {"matmul_alpha": alphas.matmul, "on": alphas.matmul >= 0,
+                            "source": "option" if opts.smooth_quant_alpha is not None else "NNCF default"}
 
         float_compiled = compile_cpu(model, ctx.threads)
         metric: Metric | None = None
@@ -485,8 +529,8 @@ class QuantizeOpenvinoInt8(Pass):
             "calibration_data": calibration.description, "calibration_samples": len(calib_items) * batch,
             "calibration_available": len(calibration), **({"calibration_note": split.note} if split.note else {}),
             "preset": preset,
-            "model_type": ("transformer" if transformer else "generic")
-            + (" (auto: integer token-id inputs)" if opts.model_type == "auto" and transformer else ""),
+            "model_type": "transformer" if transformer else "generic", "model_type_reason": why,
+            "smooth_quant": smooth_quant,
             "fast_bias_correction": opts.fast_bias_correction,
             "ignored_scope": {"names": list(opts.ignored_names), "types": list(opts.ignored_types)},
             "int8_layers": len(layers["int8"]), "kept_in_float": layers["float"],
