@@ -27,7 +27,7 @@ BUILTIN_MODULES = (
     "convcli.converters.torch_to_ncnn", "convcli.converters.onnx_to_ncnn", "convcli.runners.ncnn_runner",
     "convcli.passes.quantize_ncnn",
     "convcli.sources.tf_sources", "convcli.converters.tf_to_onnx", "convcli.converters.tf_to_tflite",
-    "convcli.passes.quantize_openvino",
+    "convcli.passes.quantize_openvino", "convcli.passes.bf16_openvino",
 )
 
 

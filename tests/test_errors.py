@@ -19,7 +19,7 @@ from tests.models.catalogue import DIGITS, HERE, ROOT
         ([f"{HERE}/small.py:not_a_module"], "not a torch.nn.Module"),
         ([DIGITS.spec, "--to", "onnx,coreml"], "unknown format 'coreml'"),
         ([DIGITS.spec, "--input", "x:batch=2x3x9x9:float32"], "does not run on inputs"),
-        ([DIGITS.spec, "--to", "onnx:int4"], "precision 'int4' is not one of fp32, fp16, int8"),
+        ([DIGITS.spec, "--to", "onnx:int4"], "precision 'int4' is not one of fp32, fp16, bf16, int8, auto"),
         ([DIGITS.spec, "--precision", "fp32,int2"], "precision 'int2'"),
         ([DIGITS.spec, "--weights", "nope.pt"], "weights file nope.pt does not exist"),
         ([DIGITS.spec, "--weights", f"{ROOT}/recipes/models/digits_cnn.py"], "cannot be read"),

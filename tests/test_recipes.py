@@ -49,7 +49,7 @@ targets:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        (BAD, "bad.yaml:8: targets[1].precisions[1]: 'int4' is not one of 'fp32', 'fp16', 'int8'"),
+        (BAD, "bad.yaml:8: targets[1].precisions[1]: 'int4' is not one of 'fp32', 'fp16', 'bf16', 'int8', 'auto'"),
         (BAD.replace("precisions: [fp32]\n", "precisions: [fp32]\n    colour: red\n"),
          "bad.yaml:7: targets[0].colour: unknown key"),
         (BAD.replace("int4", "fp16").replace("version: 1", "version: 1\nlatency:\n  runs: many"),

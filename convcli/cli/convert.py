@@ -128,6 +128,6 @@ def _plan(model: str, to: str, inputs: list[str] | None, weights: Path | None, p
     registry = default_registry()
     spec = build_job(model, to, inputs, weights, precision, option, Path("unused"))
     source = load_source(registry, spec)
-    the_plan = plan(registry, source.format, target_requests(spec), spec.step_options)
+    the_plan = plan(registry, source.format, target_requests(spec, registry), spec.step_options)
     inputs_text = ", ".join(s.text() for s in source.inputs)
     print_plan(the_plan, f"[bold]source[/] {model} ({source.format}); inputs: {inputs_text}")

@@ -75,6 +75,8 @@ def _run(recipes: list[Path], only: list[str] | None, dry_run: bool, no_cache: b
 def _apply_overrides(spec: object, only: list[str] | None, no_cache: bool, cache_dir: Path | None,
                      output: Path | None) -> None:
     from convcli.core.errors import InputError
+    from convcli.core.registry import default_registry
+    from convcli.job.source import expand_auto
     from convcli.recipes.schema import JobSpec
 
     assert isinstance(spec, JobSpec)
@@ -82,6 +84,8 @@ def _apply_overrides(spec: object, only: list[str] | None, no_cache: bool, cache
         wanted = {o.strip().lower() for item in only for o in item.split(",") if o.strip()}
         kept = []
         for t in spec.targets:
+            if t.format not in wanted and "auto" in t.precisions:  # --only openvino-bf16 picks from what auto becomes
+                t = expand_auto(default_registry(), spec.model_copy(update={"targets": [t]}))[0].targets[0]
             precs = [p for p in t.precisions if t.format in wanted or f"{t.format}-{p}" in wanted]
             if precs:
                 kept.append(t.model_copy(update={"precisions": precs}))
@@ -106,7 +110,7 @@ def _print_plan(path: Path, spec: object) -> None:
     assert isinstance(spec, JobSpec)
     registry = default_registry()
     loader = find_loader(registry, spec)
-    the_plan = plan(registry, loader.format, target_requests(spec), spec.step_options)
+    the_plan = plan(registry, loader.format, target_requests(spec, registry), spec.step_options)
     print_plan(the_plan, f"[bold]{path}[/] ({spec.name}): {spec.source.model} ({loader.format}) -> {spec.output}")
 
 

@@ -25,7 +25,8 @@ from convcli.core.errors import InputError
 from convcli.core.registry import Registry
 from convcli.core.step import Converter, Step
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+AUTO = "auto"  # every precision a target has a step for (``precisions_for``; expanded by job.source.expand_auto)
 
 
 @dataclass
@@ -74,6 +75,19 @@ class Plan:
 
     def chain_text(self, target: PlannedTarget) -> str:
         return " -> ".join([self.source_format, *(self.steps[s].step.name for s in target.chain)])
+
+
+def precisions_for(registry: Registry, fmt: str) -> tuple[str, ...]:
+    """The precisions some registered step can produce in ``fmt`` (available here or not), in ``PRECISIONS``
+    order: what ``--precision auto`` expands to for that target. A precision no step produces (bf16 for onnx) is
+    left out; one whose step cannot run on this machine (bf16 without CPU support) stays, so its row says why."""
+    found = {"fp32"}
+    for conv in registry.converters.values():
+        if conv.target == fmt:
+            found.update(conv.precisions)
+            found.update(conv.input_precision)
+    found.update(p.output_precision for p in registry.passes.values() if p.source == fmt and p.output_precision)
+    return tuple(p for p in PRECISIONS if p in found)
 
 
 def _cheapest_path(
@@ -183,7 +197,9 @@ def plan(
         fmt = registry.format_named(req.format).name
         req.format = fmt
         if req.precision not in PRECISIONS:
-            raise InputError(f"target {fmt}: precision '{req.precision}' is not one of {', '.join(PRECISIONS)}")
+            raise InputError(f"target {fmt}: precision '{req.precision}' is not one of {', '.join(PRECISIONS)}",
+                             hint="'auto' is expanded before planning (job.source.expand_auto)"
+                             if req.precision == AUTO else "")
         path = _cheapest_path(registry, source_format, fmt, True, req.via)
         reason = None
         if path is None:

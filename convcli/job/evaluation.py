@@ -23,7 +23,7 @@ from convcli.core.registry import Registry
 from convcli.core.runner import Session
 from convcli.job.data import LazyData
 from convcli.job.divergence import ReferenceExport, fails_parity
-from convcli.job.judge import exit_code, flag_speed, judge
+from convcli.job.judge import exit_code, flag_speed, judge, same_run, within_noise
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
 from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, Tolerance, assume_kind, compare_outputs
@@ -32,7 +32,16 @@ from convcli.parity.divergence import Divergence
 from convcli.parity.evaluate import EvalSettings, Measurement, evaluate_outputs, open_session, time_sessions
 from convcli.parity.latency import LatencyStats
 from convcli.recipes.schema import JobSpec
-from convcli.reports.model import ArtifactReport, Measured, Report, Settings, SourceReport, Status, StepRecord
+from convcli.reports.model import (
+    ArtifactReport,
+    BestArtifact,
+    Measured,
+    Report,
+    Settings,
+    SourceReport,
+    Status,
+    StepRecord,
+)
 
 
 @dataclass
@@ -326,9 +335,11 @@ class Evaluation:
             machine={**machine(), "fingerprint": machine_fingerprint(self.settings.threads)})
         counts = {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "error", "unavailable")}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        return Report(convcli_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                      run_id=self.run_id, name=self.spec.name, exit_code=code, summary=summary,
-                      fastest_passed=fastest, source=src, settings=settings_report, steps=steps, artifacts=rows)
+        report = Report(convcli_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        run_id=self.run_id, name=self.spec.name, exit_code=code, summary=summary,
+                        fastest_passed=fastest, source=src, settings=settings_report, steps=steps, artifacts=rows)
+        report.best_artifact = best_artifact(rows, fastest)
+        return report
 
 
 def fastest_passed(rows: list[ArtifactReport]) -> str | None:
@@ -340,6 +351,36 @@ def fastest_passed(rows: list[ArtifactReport]) -> str | None:
     if all(r.speedup_vs_source is not None for r in passed):
         return max(passed, key=lambda r: r.speedup_vs_source or 0.0).id
     return min(passed, key=lambda r: r.latency_ms.p50 if r.latency_ms else float("inf")).id
+
+
+def best_artifact(rows: list[ArtifactReport], fastest: str | None) -> BestArtifact | None:
+    """The report's ``best`` section: the fastest passed row (``fastest_passed``), or, when latency was not
+    measured, the first passed row in target order; None when no row passed."""
+    passed = [r for r in rows if r.status == "passed"]
+    row = next((r for r in passed if r.id == fastest), None)
+    if row is None and passed and all(r.latency_ms is None for r in passed):
+        row = passed[0]
+        why = f"latency not measured: the first of {len(passed)} passed artifacts in target order"
+    elif row is None:
+        return None
+    elif len(passed) == 1:
+        why = "the only artifact that passed"
+    else:
+        by_speedup = all(r.speedup_vs_source is not None for r in passed if r.latency_ms is not None)
+        ranked = "speedup over the source, each timed in the same rounds as its source" if by_speedup else "p50 latency"
+        speed = f"{row.speedup_vs_source:.2f}x the source, " if row.speedup_vs_source is not None else ""
+        p50 = f"p50 {row.latency_ms.p50:.3f} ms" if row.latency_ms is not None else ""
+        why = f"fastest of {len(passed)} passed artifacts ({speed}{p50}), ranked by {ranked}"
+        others = [r for r in passed if r is not row and r.latency_ms is not None]
+        runner_up = (max(others, key=lambda r: r.speedup_vs_source or 0.0) if by_speedup else
+                     min(others, key=lambda r: r.latency_ms.p50 if r.latency_ms else float("inf"))) if others else None
+        if (runner_up is not None and runner_up.latency_ms is not None and row.latency_ms is not None
+                and same_run(row, runner_up) and within_noise(row.latency_ms, runner_up.latency_ms)):
+            why += (f"; within noise of {runner_up.id} (p50 {runner_up.latency_ms.p50:.3f} ms): either would do, "
+                    "more --runs would tell them apart")
+    return BestArtifact(id=row.id, path=row.path, folder=row.id, format=row.format, precision=row.precision,
+                        p50_ms=row.latency_ms.p50 if row.latency_ms is not None else None,
+                        speedup=row.speedup_vs_source, why=why)
 
 
 def _split_settings(split: LabelledSplit | None, validation: Path | None) -> dict[str, Any]:
@@ -374,7 +415,7 @@ def machine() -> dict[str, Any]:
     try:
         text = Path("/proc/cpuinfo").read_text()
         line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-        wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8")
+        wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
         flags = [f for f in wanted if f" {f}" in line]
         model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
     except OSError:

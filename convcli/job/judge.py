@@ -95,7 +95,7 @@ def clearly_slower(slow: LatencyStats, fast: LatencyStats) -> bool:
     return slow.p50 > fast.p50 * SLOWER_MARGIN and not within_noise(slow, fast)
 
 
-def _same_run(a: ArtifactReport, b: ArtifactReport) -> bool:
+def same_run(a: ArtifactReport, b: ArtifactReport) -> bool:
     return a.measured is not None and b.measured is not None and a.measured.run_id == b.measured.run_id
 
 
@@ -105,7 +105,7 @@ def flag_speed(rows: list[ArtifactReport]) -> None:
     SLOWER_MARGIN and the combined spread of the two numbers, and only between numbers measured in the same
     rounds (a row and its own source pair; siblings with the same run id). ``speed_within_noise`` records
     whether the row's difference from the source is inside the spread, so the report can say so."""
-    order = {"fp32": 0, "fp16": 1, "int8": 2}
+    order = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2}
     for row in rows:
         head, src = row.latency_ms, row.source_latency_ms
         if head is None:
@@ -116,7 +116,7 @@ def flag_speed(rows: list[ArtifactReport]) -> None:
                 row.flags.append(f"slower than the source ({row.speedup_vs_source:.2f}x)")
         for other in rows:
             if (other is not row and other.format == row.format and other.latency_ms is not None
-                    and order.get(other.precision, 0) < order.get(row.precision, 0) and _same_run(row, other)
+                    and order.get(other.precision, 0) < order.get(row.precision, 0) and same_run(row, other)
                     and clearly_slower(head, other.latency_ms)):
                 row.flags.append(f"slower than {other.id} ({fmt_ms(head.p50)} vs {fmt_ms(other.latency_ms.p50)} ms)")
 

@@ -114,10 +114,39 @@ def remove_stale(output: Path, entries: list[str], kept: set[str]) -> None:
             folder.rmdir()
 
 
+BEST_LINK = "best"
+
+
+def link_best(output: Path, folder: str) -> bool:
+    """Point OUTDIR/best at ``folder`` (a relative symlink, so OUTDIR can be moved or archived), replacing an
+    earlier link atomically (a new link renamed over the old). False where symlinks cannot be made (some Windows
+    and network filesystems) or OUTDIR/best is not a link (a user's own file or folder, left alone)."""
+    link = output / BEST_LINK
+    if link.exists() and not link.is_symlink():
+        return False
+    tmp = output / f".{BEST_LINK}.convcli-tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(folder, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def unlink_best(output: Path) -> None:
+    """Remove OUTDIR/best when it is a link (an earlier run's choice); a user's own ``best`` is not ours."""
+    link = output / BEST_LINK
+    if link.is_symlink():
+        link.unlink()
+
+
 def finalize(report: Report, spec: JobSpec, final: Path, output: Path) -> None:
     """Move artifacts into OUTDIR (replacing earlier runs' folders of the same id), remove what earlier runs
-    wrote for targets this run did not produce, then write the manifest and report atomically. OUTDIR then
-    holds exactly the artifacts report.json lists, plus the report and manifest files and the user's own files."""
+    wrote for targets this run did not produce, point OUTDIR/best at the best artifact's folder (or remove it when
+    no row passed), then write the manifest and report atomically. OUTDIR then holds exactly the artifacts
+    report.json lists, plus the report and manifest files, the ``best`` link and the user's own files."""
     output.mkdir(parents=True, exist_ok=True)
     earlier = earlier_outputs(output)
     outputs: dict[str, str] = {}
@@ -137,6 +166,17 @@ def finalize(report: Report, spec: JobSpec, final: Path, output: Path) -> None:
         if row.path:
             row.path = f"{row.id}/{row.path}"
         row.files = [f"{row.id}/{f}" for f in row.files]
+    best = report.best_artifact
+    if best is not None:
+        chosen = next((r for r in report.artifacts if r.id == best.id), None)
+        if chosen is None or chosen.status != "passed" or not (output / best.folder).is_dir():
+            report.best_artifact = best = None  # never a link to a failed row or to a folder this run did not write
+        else:
+            best.path = chosen.path
+    if best is not None:
+        best.link = BEST_LINK if link_best(output, best.folder) else None
+    else:
+        unlink_best(output)
     inputs: dict[str, str] = {}
     model_file = spec.source.model.split(":")[0]
     for key, p in (("model", Path(model_file)), ("weights", spec.source.weights), ("parity", spec.data.parity),
@@ -148,6 +188,8 @@ def finalize(report: Report, spec: JobSpec, final: Path, output: Path) -> None:
         "command": report.command, "python": sys.version.split()[0], "platform": platform.platform(),
         "packages": {m: package_version(m) for m in PACKAGES if package_version(m)},
         "job": spec.model_dump(mode="json"), "inputs_sha256": inputs, "outputs_sha256": outputs,
+        "best": ({"id": best.id, "path": best.path, "folder": best.folder, "link": best.link}
+                 if best is not None else None),
     }
 
     atomic_write_text(output / "manifest.json", json.dumps(manifest, indent=2) + "\n")

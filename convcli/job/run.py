@@ -27,7 +27,14 @@ from convcli.job.divergence import ReferenceExport, chain_reference
 from convcli.job.evaluation import Entry, Evaluation, machine_fingerprint
 from convcli.job.keys import data_key, file_digest, source_key, step_keys
 from convcli.job.output import finalize, stage, step_records
-from convcli.job.source import LazySource, check_declared_outputs, find_loader, target_requests, with_source_layout
+from convcli.job.source import (
+    LazySource,
+    check_declared_outputs,
+    expand_auto,
+    find_loader,
+    target_requests,
+    with_source_layout,
+)
 from convcli.parity.evaluate import EvalSettings
 from convcli.recipes.schema import JobSpec
 from convcli.reports.model import Report
@@ -51,6 +58,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     cache = open_cache(spec)
     loader = find_loader(registry, spec)
     spec = with_source_layout(registry, spec, loader)
+    spec, auto_note = expand_auto(registry, spec)  # the manifest's job then lists the precisions auto became
     requests = target_requests(spec)
     skip = set() if spec.simplify else {p.name for p in registry.passes.values() if p.default_for_target}
     the_plan = plan(registry, loader.format, requests, spec.step_options, skip)
@@ -105,6 +113,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         report = evaluation.report(entries, step_records(the_plan, outcomes),
                                    make_key(measure_base, src_key, "source"))
         report.command = command
+        report.settings.precision_auto = auto_note
         report.cache = {"dir": str(cache.root), "enabled": cache.enabled,
                         "steps_cached": sum(o.cached for o in outcomes.values()),
                         "steps_run": sum(not o.cached and not o.skipped for o in outcomes.values()),
@@ -121,7 +130,7 @@ def check_calibration(spec: JobSpec, registry: Registry | None = None) -> None:
     before running any, so a batch does not stop half-way on a missing ``data.calibration``."""
     registry = registry or default_registry()
     loader = find_loader(registry, spec)
-    require_calibration(plan(registry, loader.format, target_requests(spec), spec.step_options), spec, None)
+    require_calibration(plan(registry, loader.format, target_requests(spec, registry), spec.step_options), spec, None)
 
 
 def require_calibration(the_plan: Plan, spec: JobSpec, inputs: list[TensorSpec] | None) -> bool:
@@ -167,6 +176,9 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
     check_declared_outputs(spec, artifact_src.output_names)
     check_job_data(spec, artifact_src.inputs)
     precision = spec.targets[0].precisions[0] if spec.targets else "fp32"
+    if precision == "auto":
+        raise InputError("check judges existing files at one precision; 'auto' is for convert",
+                         hint="give the precision the files were built at, e.g. --precision fp16")
     entries: list[Entry] = []
     for i, f in enumerate(files):
         if not f.exists():
@@ -196,6 +208,10 @@ def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None 
     report.command = command
     for row in report.artifacts:
         row.path = row.chain
+    best = report.best_artifact
+    if best is not None:  # check writes no artifacts: best names the file it was given, and no link is made
+        best.path = next(r.path for r in report.artifacts if r.id == best.id)
+        best.folder = str(Path(best.path).parent) if best.path else ""
     atomic_write_text(spec.output / "report.json", report.to_json() + "\n")
     return report
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from convcli.core.artifact import Artifact
 from convcli.core.cache import Cache
 from convcli.core.errors import InputError
-from convcli.core.planner import TargetRequest
+from convcli.core.planner import AUTO, TargetRequest, precisions_for
 from convcli.core.registry import Registry
 from convcli.core.source import SourceLoader, SourceRequest
 from convcli.core.step import StepContext
@@ -95,7 +95,39 @@ class LazySource:
         return artifact.inputs, artifact.output_names
 
 
-def target_requests(spec: JobSpec) -> list[TargetRequest]:
+def expand_auto(registry: Registry, spec: JobSpec) -> tuple[JobSpec, str | None]:
+    """``precisions: auto`` replaced, per target, by every precision a registered step produces in its format
+    (``planner.precisions_for``), and a note for the report saying what auto became and what it left out (None
+    when no target asked for auto). int8 is left out without calibration data (auto never fails for want of
+    it); bf16 stays even where the CPU cannot run it, so its row says why. Precisions listed beside auto stay."""
+    if not any(AUTO in t.precisions for t in spec.targets):
+        return spec, None
+    targets, notes = [], []
+    for t in spec.targets:
+        if AUTO not in t.precisions:
+            targets.append(t)
+            continue
+        fmt = registry.format_named(t.format).name
+        offered = list(precisions_for(registry, fmt))
+        left_out = []
+        if "int8" in offered and spec.data.calibration is None and "int8" not in t.precisions:
+            offered.remove("int8")
+            left_out.append("int8 (no calibration data: pass --calibration)")
+        chosen = [p for p in offered if p not in t.precisions] + [p for p in t.precisions if p != AUTO]
+        chosen = sorted(set(chosen), key=lambda p: offered.index(p) if p in offered else len(offered))
+        targets.append(t.model_copy(update={"precisions": chosen}))
+        label = fmt + (f"@{t.via}" if t.via else "")
+        notes.append(f"{label}: {', '.join(chosen)}" + (f"; left out {', '.join(left_out)}" if left_out else ""))
+    return spec.model_copy(update={"targets": targets}), "auto: " + "; ".join(notes)
+
+
+def target_requests(spec: JobSpec, registry: Registry | None = None) -> list[TargetRequest]:
+    """One request per (target, precision), in the spec's order; ``auto`` is expanded first (needs the registry;
+    None: the default one)."""
+    if any(AUTO in t.precisions for t in spec.targets):
+        from convcli.core.registry import default_registry
+
+        spec = expand_auto(registry or default_registry(), spec)[0]
     requests = []
     seen: set[str] = set()
     for t in spec.targets:

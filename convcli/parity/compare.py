@@ -47,10 +47,13 @@ class Tolerance(BaseModel):
 # layer adds ~5e-4 relative error, so after tens of layers logits of magnitude 5 differ by a few 1e-2 (measured:
 # a MobileNetV2 with realistic activations, 0.025 on logits up to ~4, cosine 0.99985); its absolute term therefore
 # scales with the output's range. int8 is judged on cosine/top-1 (and on accuracy drop when a labelled set is
-# given), not elementwise.
+# given), not elementwise. bf16 keeps fp32's exponent but only 8 significant bits: each rounding is ~4e-3 relative,
+# 8x fp16's, so its elementwise and cosine limits are looser than fp16's (OpenVINO bf16 on an fp32 IR measured
+# about 2e-2 off on logits of magnitude ~5, cosine 0.9999 on ResNet-18); top-1 and accuracy drop stay fp16's.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
     "fp16": Tolerance(atol=1e-2, rtol=1e-2, atol_per_range=True, min_cosine=0.999, min_top1=0.95),
+    "bf16": Tolerance(atol=5e-2, rtol=5e-2, atol_per_range=True, min_cosine=0.995, min_top1=0.95),
     "int8": Tolerance(atol=None, min_cosine=0.98, min_top1=0.9),
 }
 

@@ -42,6 +42,7 @@ class IntermediateTolerance(BaseModel):
 INTERMEDIATE_TOLERANCES: dict[str, IntermediateTolerance] = {
     "fp32": IntermediateTolerance(rel=1e-4, min_cosine=0.9999),
     "fp16": IntermediateTolerance(rel=1e-2, min_cosine=0.999),
+    "bf16": IntermediateTolerance(rel=5e-2, min_cosine=0.995),  # 8 significant bits: 8x fp16's rounding
     "int8": IntermediateTolerance(rel=0.25, min_cosine=0.99),
 }
 MAX_PER_ROUND = 256  # tensors captured per run of each model; more are narrowed by bisection
@@ -260,7 +261,7 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
         if e.rel_err is not None and (ins or graph_inputs):
             e.added = e.rel_err - max([x for x in ins if x is not None] or [0.0])
     ranked = ([e for e in sorted(compared, key=lambda e: -(e.added or 0.0)) if (e.added or 0) > 0][:5]
-              if req.precision in ("fp16", "int8") else [])
+              if req.precision in ("fp16", "bf16", "int8") else [])
     first_err = next((e for e in compared if e.diverged), None)
     if first_err is None:
         return Divergence(status="not_found", seconds=_since(start), path=compared, ranked=ranked,

@@ -12,10 +12,10 @@ import yaml
 from pydantic import ValidationError
 
 from convcli.core.errors import InputError
-from convcli.core.planner import PRECISIONS
+from convcli.core.planner import AUTO, PRECISIONS
 from convcli.core.registry import Registry
 from convcli.recipes.loader import validation_error
-from convcli.recipes.schema import DataSpec, JobSpec, LatencySpec, Precision, SourceSpec, TargetSpec
+from convcli.recipes.schema import DataSpec, JobSpec, LatencySpec, PrecisionChoice, SourceSpec, TargetSpec
 
 # JobSpec fields build_job takes as keyword arguments (the CLI sets the first eight; the API all of them).
 JOB_FLAGS = ("simplify", "require_all", "reports", "cache", "cache_dir", "prune", "outputs", "strict",
@@ -37,7 +37,8 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, dict[str, Any]]:
 
 
 def parse_targets(to: str, precision: str) -> list[TargetSpec]:
-    """``--to onnx,openvino:fp16+int8,tflite@OnnxFromPytorch`` with ``--precision`` as the default list."""
+    """``--to onnx,openvino:fp16+int8,tflite@OnnxFromPytorch`` with ``--precision`` as the default list (``auto``
+    is expanded per target later, once the registry and the data are known: ``job.source.expand_auto``)."""
     default_prec = [p.strip() for p in precision.split(",") if p.strip()]
     targets = []
     for chunk in [c.strip() for c in to.split(",") if c.strip()]:
@@ -45,9 +46,9 @@ def parse_targets(to: str, precision: str) -> list[TargetSpec]:
         fmt, _, via = fmt.partition("@")
         chosen = precs.split("+") if precs else default_prec
         for p in chosen:
-            if p not in PRECISIONS:
-                raise InputError(f"--to {chunk}: precision '{p}' is not one of {', '.join(PRECISIONS)}")
-        targets.append(TargetSpec(format=fmt, precisions=cast(list[Precision], chosen), via=via or None))
+            if p not in (*PRECISIONS, AUTO):
+                raise InputError(f"--to {chunk}: precision '{p}' is not one of {', '.join((*PRECISIONS, AUTO))}")
+        targets.append(TargetSpec(format=fmt, precisions=cast(list[PrecisionChoice], chosen), via=via or None))
     if not targets:
         raise InputError("--to is empty", hint="e.g. --to onnx,openvino")
     return targets

@@ -1,7 +1,7 @@
 """Recipe files: YAML -> the typed recipe model -> a JobSpec.
 
 Errors point at the YAML path and line and say what was expected ("quickstart.yaml:14: targets[2].precisions[0]:
-'int4' is not one of 'fp32', 'fp16', 'int8'"). Paths in a recipe are relative to the recipe file.
+'int4' is not one of 'fp32', 'fp16', 'bf16', 'int8', 'auto'"). Paths in a recipe are relative to the recipe file.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ Every field has a description and unknown keys are errors (extra="forbid"), so a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from convcli.core.tensors import TensorSpec, parse_input_spec
 from convcli.parity.compare import DEFAULT_TOLERANCES, OutputKind, Tolerance, merge_tolerance
@@ -37,7 +37,18 @@ class SourceSpec(Strict):
         return [parse_input_spec(t) for t in self.inputs] if self.inputs else None
 
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+# ``auto``: every precision the target has a step for, expanded per target before planning (job/source.py).
+PrecisionChoice = Literal["fp32", "fp16", "bf16", "int8", "auto"]
+
+
+def _auto_as_list(value: Any) -> Any:
+    """``precisions: auto`` (a recipe's shorthand) is ``[auto]``."""
+    return [value] if value == "auto" else value
+
+
+Precisions = Annotated[list[PrecisionChoice], BeforeValidator(
+    _auto_as_list, json_schema_input_type=list[PrecisionChoice] | Literal["auto"])]
 
 
 class GateSpec(Strict):
@@ -49,7 +60,7 @@ class GateSpec(Strict):
     min_top1: float | None = Field(default=None, description="Smallest top-1 agreement with the source (0..1).")
     max_accuracy_drop: float | dict[str, float] | None = Field(
         default=None, description="Largest accuracy drop vs the source (fraction: 0.01 = 1 point); one number, or "
-                                  "one per precision. Default: fp32 0.005, fp16 0.01, int8 0.01.")
+                                  "one per precision. Default: fp32 0.005, fp16 0.01, bf16 0.01, int8 0.01.")
     max_p50_ms: float | None = Field(default=None, description="Largest p50 latency of the artifact (ms).")
     min_speedup: float | None = Field(default=None, description="Smallest speedup vs the source.")
     max_size_mb: float | None = Field(default=None, description="Largest artifact size (MB).")
@@ -74,13 +85,15 @@ class GateSpec(Strict):
         return limit
 
 
-DEFAULT_ACCURACY_DROP = {"fp32": 0.005, "fp16": 0.01, "int8": 0.01}
+DEFAULT_ACCURACY_DROP = {"fp32": 0.005, "fp16": 0.01, "bf16": 0.01, "int8": 0.01}
 
 
 class TargetSpec(Strict):
     format: str = Field(description="Target format: onnx, openvino, ncnn, tflite, tensorrt, ...")
-    precisions: list[Precision] = Field(default_factory=lambda: list[Precision](["fp32"]),
-                                        description="Any of fp32, fp16, int8.")
+    precisions: Precisions = Field(
+        default_factory=lambda: list[PrecisionChoice](["fp32"]),
+        description="Any of fp32, fp16, bf16, int8; or auto: every precision this target has a step for (bf16 "
+                    "listed unavailable where the CPU has no native bf16; int8 only with data.calibration).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of this target's converter.")
     via: str | None = Field(default=None, description="A converter the path must use, e.g. OpenvinoFromPytorch.")
     gates: GateSpec | None = Field(default=None, description="Gates for this target, overriding the job's.")

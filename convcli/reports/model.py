@@ -95,6 +95,23 @@ class ArtifactReport(BaseModel):
                                   "from the reference (docs/debugging.md). Absent on passing rows.")
 
 
+class BestArtifact(BaseModel):
+    """The one to ship: the fastest artifact that passed (``fastest_passed``), with what CI needs to publish it
+    without reading the table. OUTDIR/best links to its folder (``link``)."""
+
+    id: str = Field(description="The row's id (format-precision).")
+    path: str | None = Field(default=None, description="Its primary file, relative to OUTDIR (as the row's path).")
+    folder: str = Field(description="Its folder, relative to OUTDIR (what OUTDIR/best points at).")
+    format: str
+    precision: str
+    p50_ms: float | None = Field(default=None, description="Its headline p50 latency (ms).")
+    speedup: float | None = Field(default=None, description="speedup_vs_source of the row.")
+    why: str = Field(description="Why it was chosen, in words: how many rows passed and how they were ranked.")
+    link: str | None = Field(default=None, description="'best' when OUTDIR/best (a relative symlink to the folder) "
+                                                       "was written; null where the filesystem has no symlinks or "
+                                                       "for check/debug, which write no artifacts.")
+
+
 class Settings(BaseModel):
     threads: int
     parity_data: str
@@ -112,6 +129,10 @@ class Settings(BaseModel):
                                       "order) of the samples given to tuning steps; empty when not split.")
     accuracy_indices: list[int] = Field(default_factory=list, description="Positions of the held-out samples "
                                         "accuracy is measured on; empty when not split (then: all of them).")
+    precision_auto: str | None = Field(
+        default=None, description="What --precision auto became per target and what it left out, e.g. 'auto: "
+                                  "openvino: fp32, fp16, bf16; left out int8 (no calibration data: pass "
+                                  "--calibration)'. Null when no target asked for auto.")
     latency_batches: list[int] = Field(default_factory=list)
     warmup: int = 0
     runs: int = 0
@@ -128,6 +149,10 @@ class Report(BaseModel):
     exit_code: int = 0
     summary: str = ""
     fastest_passed: str | None = None
+    # "best" in report.json; named best_artifact in Python, where JobReport.best is the row itself (api.py).
+    best_artifact: BestArtifact | None = Field(
+        default=None, alias="best", description="The artifact to ship: the fastest that passed (the first passed in "
+                                                "target order when latency was not measured); null when none passed.")
     run_id: str | None = Field(default=None, description="This run's id; rows whose measured.run_id differs are "
                                                         "cached from that run.")
     source: SourceReport

@@ -107,6 +107,12 @@ def render_terminal(report: Report, console: Console) -> None:
             console.print(f"[yellow]{a.id}: {flag}[/]", highlight=False)
     for a in report.artifacts:
         _divergence(a, console)
+    if report.settings.precision_auto:
+        console.print(f"[dim]{report.settings.precision_auto}[/]", highlight=False)
+    best = report.best_artifact
+    if best is not None:
+        where = f"OUTDIR/{best.link} -> {best.folder}" if best.link else (best.path or best.folder)
+        console.print(f"[bold]best:[/] [cyan]{best.id}[/] ({where}): {best.why}", highlight=False)
     console.print(f"[bold]{report.summary}[/]; exit code {report.exit_code}"
                   + (f"; fastest passed: [cyan]{report.fastest_passed}[/]" if report.fastest_passed else ""))
 

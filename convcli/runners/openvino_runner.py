@@ -1,8 +1,10 @@
-"""OpenVINO runtime on CPU, pinned to fp32 inference and a fixed thread count.
+"""OpenVINO runtime on CPU, pinned to the artifact's inference precision and a fixed thread count.
 
-The CPU plugin silently picks bf16 inference on CPUs with AVX-512 BF16 (about 2e-2 off and, without AMX,
-slower), so every session asks for f32 and reads back the precision the compiled model really uses; the
-report shows it. FP16 artifacts hold FP16 weights only: they are decompressed and run in f32 as well.
+The CPU plugin silently picks bf16 inference on CPUs with AVX-512 BF16 (about 2e-2 off), so every session asks for
+f32 and reads back the precision the compiled model really uses; the report shows it. FP16 artifacts hold FP16
+weights only: they are decompressed and run in f32 as well. bf16 artifacts (``HintOpenvinoBf16``) are compiled
+with the bf16 hint, and a session whose compiled model does not report bf16 (the plugin ignores the hint on a CPU
+without bf16) is refused as unavailable rather than measured as fp32 under a bf16 label.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from convcli.core.artifact import Artifact
-from convcli.core.errors import ConversionError, first_line
+from convcli.core.errors import ConversionError, UnavailableError, first_line
 from convcli.core.intermediates import Intermediates, ReferenceGraph, TensorInfo
 from convcli.core.lazy import require
 from convcli.core.offline import block_telemetry_imports
@@ -28,12 +30,37 @@ def require_openvino(purpose: str = "OpenVINO targets") -> ModuleType:
     return require("openvino", purpose)
 
 
-def compile_cpu(model: Any, threads: int) -> Any:
-    """Compile an ov.Model (or IR path) for CPU with f32 inference and ``threads`` threads."""
+BF16_HINT = "bf16"
+
+
+def inference_hint(precision: str) -> str:
+    """The INFERENCE_PRECISION_HINT an artifact of ``precision`` is compiled with: bf16 for bf16 rows, f32 for every
+    other (fp16 IRs hold FP16 weights only; int8 IRs run their float layers in f32)."""
+    return BF16_HINT if precision == "bf16" else "f32"
+
+
+def compile_cpu(model: Any, threads: int, hint: str = "f32") -> Any:
+    """Compile an ov.Model (or IR path) for CPU with ``hint`` inference precision and ``threads`` threads."""
     ov = require_openvino()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": int(threads),
               "PERFORMANCE_HINT": "LATENCY"}
     return ov.Core().compile_model(model, "CPU", config)
+
+
+def type_name(value: Any) -> str:
+    """``bf16``/``f32`` from an OpenVINO element type property (or its text)."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def check_hint(compiled: Any, hint: str, where: str) -> str:
+    """The inference precision the compiled model really uses; UnavailableError when a bf16 hint was ignored."""
+    used = type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if hint == BF16_HINT and used != BF16_HINT:
+        from convcli.core.cpu import cpu_bf16_support
+
+        raise UnavailableError(f"{where}: OpenVINO compiled the bf16 model with {used} inference (it ignores the "
+                               f"bf16 hint where the CPU cannot run it; {cpu_bf16_support()[1]})")
+    return used
 
 
 # Layer types of the CPU plugin's runtime graph whose execution precision shows whether int8 kernels run.
@@ -78,7 +105,8 @@ class OpenvinoSession(Session):
         assert artifact.path is not None
         where = f"OpenVINO IR {artifact.path.name}"
         try:
-            self.compiled = compile_cpu(str(artifact.path), threads)
+            hint = inference_hint(artifact.precision)
+            self.compiled = compile_cpu(str(artifact.path), threads, hint)
         except Exception as exc:
             raise ConversionError(f"{where} does not compile for CPU: {first_line(exc)}") from None
         self.request = self.compiled.create_infer_request()
@@ -97,8 +125,7 @@ class OpenvinoSession(Session):
         first = self.compiled.inputs[0].get_partial_shape() if self.compiled.inputs else None
         if first is not None and first.rank.is_static and len(first) and first[0].is_static:
             self.fixed_batch = first[0].get_length()
-        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+        self.precision = check_hint(self.compiled, hint, where)
         used_threads = self.compiled.get_property("INFERENCE_NUM_THREADS")
         self.description = (f"OpenVINO {ov.__version__.split('-')[0]} CPU, {used_threads} threads, "
                             f"inference precision {self.precision}")
@@ -168,7 +195,9 @@ class OpenvinoRunner(Runner):
                 ports.append((backend, ref, port))
         if ports:
             model.add_outputs([p for _, _, p in ports])
-        compiled = compile_cpu(model, threads)
+        hint = inference_hint(artifact.precision)
+        compiled = compile_cpu(model, threads, hint)
+        check_hint(compiled, hint, f"OpenVINO IR {artifact.path.name}")
         request = compiled.create_infer_request()
         inputs = list(compiled.inputs)
         first = inputs[0].get_partial_shape() if inputs else None
