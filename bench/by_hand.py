@@ -72,6 +72,15 @@ def source(name: str) -> tuple[torch.nn.Module, dict[str, np.ndarray], str]:
         ids = rng.integers(0, 1000, size=(SAMPLES, 16)).astype(np.int64)
         return build(), {"input_ids": ids}, ("16 seeded random token-id sequences of length 16 (the model takes no "
                                              "attention mask; calibration: 32 other seeded sequences)")
+    if name == "minilm":
+        from minilm import build
+
+        parity = np.load(ROOT / "calibration_data" / "sentences" / "parity.npz")
+        feed = {k: parity[k][:SAMPLES] for k in ("input_ids", "attention_mask")}
+        lengths = feed["attention_mask"].sum(1)
+        return build(), feed, (f"the first 16 of the 70 real sentences in calibration_data/sentences/parity.npz, "
+                               f"tokenized, {lengths.min()}-{lengths.max()} tokens padded to 64 with their real "
+                               "attention masks (calibration: the other 128 sentences, calib.npz)")
     raise SystemExit(f"unknown model {name}")
 
 
@@ -80,11 +89,11 @@ def export_onnx(model: torch.nn.Module, inputs: dict[str, np.ndarray], path: Pat
     example = tuple(torch.from_numpy(v[:2]) for v in inputs.values())
     batch = torch.export.Dim("batch", min=1)
     dims: dict[int, Any] = {0: batch}
-    if list(inputs) == ["input_ids"]:
+    if "input_ids" in inputs:  # token ids: the sequence length is dynamic too
         dims[1] = torch.export.Dim("seq", min=2, max=512)
     with torch.no_grad():
         torch.onnx.export(model, example, str(path), dynamo=True, input_names=list(inputs), output_names=["output"],
-                          dynamic_shapes=(dims,), external_data=False)
+                          dynamic_shapes=tuple(dims for _ in inputs), external_data=False)
 
 
 # -- the by-hand configurations ------------------------------------------------------------------------------
@@ -113,6 +122,8 @@ def pre_process(fp32: Path, pre: Path) -> Path:
 
     if pre.exists():
         return pre
+    cwd = Path.cwd()
+    os.chdir(pre.parent)  # its symbolic shape inference leaves temporary files in the current directory on failure
     try:
         quant_pre_process(str(fp32), str(pre))
     except Exception as exc:
@@ -120,6 +131,8 @@ def pre_process(fp32: Path, pre: Path) -> Path:
         note = (f"quant_pre_process: {' '.join(str(exc).split())[:80]}; ran with skip_symbolic_shape=True")
         if note not in PRE_NOTES:
             PRE_NOTES.append(note)
+    finally:
+        os.chdir(cwd)
     return pre
 
 
@@ -188,7 +201,7 @@ def nncf_int8(fp32_ir: Any, calib: dict[str, np.ndarray], transformer: bool) -> 
 
 def convcli_best(report_dir: Path) -> tuple[dict[str, Any], Callable[[dict[str, np.ndarray]], np.ndarray]]:
     """convcli's fastest passing artifact, loaded with its runtime: ORT (all graph optimizations) or OpenVINO
-    (f32 hint, the precision convcli itself measures OpenVINO artifacts at)."""
+    (the f32 hint convcli measures its fp32/fp16/int8 OpenVINO rows at; the bf16 hint for its bf16 row)."""
     report = json.loads((report_dir / "report.json").read_text())
     best = report.get("fastest_passed") or report.get("best")
     if isinstance(best, dict):
@@ -200,7 +213,8 @@ def convcli_best(report_dir: Path) -> tuple[dict[str, Any], Callable[[dict[str, 
     if art["format"] == "onnx":
         return art, ort_session(path)
     if art["format"] == "openvino":
-        run, _ = ov_compile(str(path if path.suffix == ".xml" else next(path.glob("*.xml"))), "f32")
+        hint = "bf16" if art.get("precision") == "bf16" else "f32"
+        run, _ = ov_compile(str(path if path.suffix == ".xml" else next(path.glob("*.xml"))), hint)
         return art, run
     raise SystemExit(f"convcli's best artifact is {art['format']}: this benchmark loads onnx and openvino only")
 
@@ -222,7 +236,7 @@ def outputs(run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["resnet18", "tiny_transformer"])
+    parser.add_argument("model", choices=["resnet18", "tiny_transformer", "minilm"])
     parser.add_argument("--convcli-dir", type=Path, required=True)
     parser.add_argument("--calibration", type=Path, required=True, help=".npy (one input) or .npz")
     parser.add_argument("--json", type=Path, required=True)
@@ -233,8 +247,8 @@ def main() -> None:
     torch.set_num_threads(THREADS)
 
     model, inputs, inputs_note = source(args.model)
-    transformer = args.model == "tiny_transformer"
-    args.runs = args.runs or (200 if transformer else 30)
+    transformer = args.model in ("tiny_transformer", "minilm")
+    args.runs = args.runs or (200 if args.model == "tiny_transformer" else 30)
     loaded = np.load(args.calibration)
     calib = {next(iter(inputs)): loaded} if isinstance(loaded, np.ndarray) else dict(loaded)
     with torch.no_grad():
@@ -302,6 +316,11 @@ def main() -> None:
             add(f"OpenVINO NNCF int8{preset}, bf16 hint", lambda: ov_compile(quantized(), "bf16"))
         else:
             rows[f"OpenVINO NNCF int8{preset}, bf16 hint"] = {"error": "not on this CPU (no avx512_bf16 / amx_bf16)"}
+
+        # A/A check: convcli's artifact loaded a second time, timed last in every round. The gap between the two
+        # copies of one model is this run's noise and position bias, the yardstick for every other gap.
+        _, again = convcli_best(args.convcli_dir)
+        add(f"convcli best again: {art['id']} (A/A check, timed last)", lambda: again)
 
         # Time everything together: each round runs each configuration a slice of its runs at each batch.
         timers: dict[Any, Timer] = {}

@@ -155,21 +155,29 @@ def _chain_ids(artifact: dict[str, Any], steps: dict[str, Any]) -> list[str]:
 
 # -- convcli's fastest passing artifact vs the best by-hand configuration ---------------------------------
 
-BYHAND = ["resnet18", "tiny_transformer"]
-BYHAND_CONVERT = ["--to", "onnx,openvino", "--precision", "fp32,fp16,int8", "--batch", "1,8", "--threads", "2",
-                  "--runs", "20"]
+SENTENCES = ROOT / "calibration_data" / "sentences"
+BYHAND: dict[str, dict[str, Any]] = {  # model, calibration, extra convert options
+    "resnet18": {"model": MODELS["resnet18"]["model"], "extra": []},
+    # all-MiniLM-L6-v2 (recipes/models/minilm.py): real sentences for calibration and parity, judged as embeddings
+    "minilm": {"model": f"{ROOT}/recipes/models/minilm.py:build", "calibration": SENTENCES / "calib.npz",
+               "extra": ["--data", SENTENCES / "parity.npz", "--output-kind", "output:embedding",
+                         "--calibration-samples", "128"]},
+    "tiny_transformer": {"model": MODELS["tiny_transformer"]["model"], "extra": []},
+}
+BYHAND_CONVERT = ["--to", "onnx,openvino", "--precision", "auto", "--batch", "1,8", "--threads", "2", "--runs", "20"]
 
 
 def bench_byhand(names: list[str]) -> dict[str, Any]:
-    """convcli convert (fp32, fp16, int8 to ONNX and OpenVINO), then bench/by_hand.py: its fastest passing
+    """convcli convert (--precision auto: fp32, fp16, int8, and bf16 where the CPU has it, to ONNX and OpenVINO),
+    then bench/by_hand.py: its fastest passing
     artifact and every by-hand configuration timed together, interleaved, in one process."""
     results: dict[str, Any] = {}
     for name in names:
-        spec = MODELS[name]
-        calib = calibration_npz(name, spec)
+        spec = BYHAND[name]
+        calib = spec.get("calibration") or calibration_npz(name, MODELS[name])
         out = OUT / "byhand" / f"{name}-convcli"
         code, seconds, log = run([*CONVCLI, "convert", spec["model"], *BYHAND_CONVERT, "--calibration", calib,
-                                  "-o", out])
+                                  *spec["extra"], "-o", out])
         (OUT / f"byhand-{name}-convcli.log").write_text(log)
         res: dict[str, Any] = {"convcli_exit": code, "convcli_seconds": seconds}
         if (out / "report.json").exists():
@@ -214,8 +222,9 @@ def byhand_verdict(res: dict[str, Any], b: int) -> tuple[str | None, float | Non
 
 def byhand_markdown(results: dict[str, Any], cpu: str) -> str:
     lines = ["## Fastest passing artifact vs the best by-hand configuration", "",
-             f"CPU: {cpu}. `convcli convert MODEL {' '.join(BYHAND_CONVERT[:4])} --calibration C` picks its fastest "
-             "artifact that passed (`fastest_passed`); `bench/by_hand.py` builds the configurations an engineer "
+             f"CPU: {cpu}. `convcli convert MODEL {' '.join(BYHAND_CONVERT[:4])} --calibration C` (auto: fp32, "
+             "fp16, int8, and OpenVINO bf16 where the CPU has it) picks its fastest artifact that passed "
+             "(`fastest_passed`, `best`); `bench/by_hand.py` builds the configurations an engineer "
              "would try by hand with each backend's own API (written out there), loads convcli's pick with its "
              "runtime, and times all of them and the PyTorch source **together in one process, interleaved in "
              "round-robin rounds** (2 threads each, same inputs). p50 ms with the interquartile range in "
@@ -247,6 +256,13 @@ def byhand_markdown(results: dict[str, Any], cpu: str) -> str:
                          + f" | {row['cosine_min']:.5f} | {row['build_s']:.1f} |")
         lines.append("")
         lines += [f"- {note}" for note in res.get("notes", [])]
+        rows = res["rows"]
+        copies = [r for k, r in rows.items() if k.startswith("convcli best") and _lat(r, batches[0])]
+        if len(copies) == 2:
+            lines.append("- A/A check (the same convcli artifact loaded twice, one copy timed last in each round): "
+                         + ", ".join(f"b={b} {_lat(copies[1], b)['p50'] / _lat(copies[0], b)['p50']:.2f}x"
+                                     for b in batches if _lat(copies[0], b) and _lat(copies[1], b))
+                         + ": gaps of this size between rows are noise, not a difference.")
         for b in batches:
             best, ratio, overlap = byhand_verdict(res, b)
             if ratio is None:
