@@ -1,7 +1,8 @@
 """convcli benchmarks: every reference model to every target and precision, measured side by side in one run.
 
     .venv/bin/python bench/run_bench.py                 # all sections -> docs/benchmarks.md
-    .venv/bin/python bench/run_bench.py --only models   # one section (models|pruning|coverage|cache|overhead)
+    .venv/bin/python bench/run_bench.py --only models   # one section (models|byhand|pruning|coverage|cache|overhead)
+    .venv/bin/python bench/run_bench.py --only byhand   # convcli's fastest passing artifact vs by-hand backends
 
 Numbers are medians on this shared, noisy 2-core machine; every comparison in a table comes from the same run
 (same process, same data, same thread count). Raw reports go to bench/out/.
@@ -150,6 +151,133 @@ def models_markdown(results: dict[str, Any]) -> str:
 def _chain_ids(artifact: dict[str, Any], steps: dict[str, Any]) -> list[str]:
     names = artifact.get("chain", "").split(" -> ")[1:]
     return [steps[n]["id"] for n in names if n in steps]
+
+
+# -- convcli's fastest passing artifact vs the best by-hand configuration ---------------------------------
+
+SENTENCES = ROOT / "calibration_data" / "sentences"
+BYHAND: dict[str, dict[str, Any]] = {  # model, calibration, extra convert options
+    "resnet18": {"model": MODELS["resnet18"]["model"], "extra": []},
+    # all-MiniLM-L6-v2 (recipes/models/minilm.py): real sentences for calibration and parity, judged as embeddings
+    "minilm": {"model": f"{ROOT}/recipes/models/minilm.py:build", "calibration": SENTENCES / "calib.npz",
+               "extra": ["--data", SENTENCES / "parity.npz", "--output-kind", "output:embedding",
+                         "--calibration-samples", "128"]},
+    "tiny_transformer": {"model": MODELS["tiny_transformer"]["model"], "extra": []},
+}
+BYHAND_CONVERT = ["--to", "onnx,openvino", "--precision", "auto", "--batch", "1,8", "--threads", "2", "--runs", "20"]
+
+
+def bench_byhand(names: list[str]) -> dict[str, Any]:
+    """convcli convert (--precision auto: fp32, fp16, int8, and bf16 where the CPU has it, to ONNX and OpenVINO),
+    then bench/by_hand.py: its fastest passing
+    artifact and every by-hand configuration timed together, interleaved, in one process."""
+    results: dict[str, Any] = {}
+    for name in names:
+        spec = BYHAND[name]
+        calib = spec.get("calibration") or calibration_npz(name, MODELS[name])
+        out = OUT / "byhand" / f"{name}-convcli"
+        code, seconds, log = run([*CONVCLI, "convert", spec["model"], *BYHAND_CONVERT, "--calibration", calib,
+                                  *spec["extra"], "-o", out])
+        (OUT / f"byhand-{name}-convcli.log").write_text(log)
+        res: dict[str, Any] = {"convcli_exit": code, "convcli_seconds": seconds}
+        if (out / "report.json").exists():
+            target = OUT / "byhand" / f"{name}.json"
+            code2, seconds2, log2 = run([sys.executable, ROOT / "bench" / "by_hand.py", name, "--convcli-dir", out,
+                                         "--calibration", calib, "--json", target])
+            (OUT / f"byhand-{name}.log").write_text(log2)
+            res.update({"exit": code2, "seconds": seconds2})
+            if code2 == 0:
+                res.update(json.loads(target.read_text()))
+        print(f"byhand {name}: convcli exit {code} in {seconds:.0f}s, by-hand exit {res.get('exit')} "
+              f"in {res.get('seconds', 0):.0f}s", flush=True)
+        results[name] = res
+    return results
+
+
+def _lat(row: dict[str, Any], b: int) -> dict[str, Any] | None:
+    return (row.get("latency") or {}).get(str(b))
+
+
+def _fmt_lat(lat: dict[str, Any] | None) -> str:
+    if not lat:
+        return "-"
+    return f"{lat['p50']:.2f} ({lat['p25']:.2f}-{lat['p75']:.2f})"
+
+
+def byhand_verdict(res: dict[str, Any], b: int) -> tuple[str | None, float | None, bool | None]:
+    """(best by-hand passing configuration, convcli best p50 / its p50, whether the difference is within the
+    noise: the ~95% intervals of the two medians overlap)."""
+    rows = res["rows"]
+    ours = next((r for k, r in rows.items() if k.startswith("convcli best")), None)
+    hand = {k: r for k, r in rows.items() if not k.startswith(("convcli best", "PyTorch"))
+            and (r.get("cosine_min") or 0) >= res["pass_cosine"] and _lat(r, b)}
+    if not ours or not _lat(ours, b) or not hand:
+        return None, None, None
+    best = min(hand, key=lambda k: _lat(hand[k], b)["p50"])  # type: ignore[index]
+    a, h = _lat(ours, b), _lat(hand[best], b)
+    assert a is not None and h is not None
+    overlap = abs(a["p50"] - h["p50"]) <= a["halfwidth"] + h["halfwidth"]
+    return best, a["p50"] / h["p50"], overlap
+
+
+def byhand_markdown(results: dict[str, Any], cpu: str) -> str:
+    lines = ["## Fastest passing artifact vs the best by-hand configuration", "",
+             f"CPU: {cpu}. `convcli convert MODEL {' '.join(BYHAND_CONVERT[:4])} --calibration C` (auto: fp32, "
+             "fp16, int8, and OpenVINO bf16 where the CPU has it) picks its fastest artifact that passed "
+             "(`fastest_passed`, `best`); `bench/by_hand.py` builds the configurations an engineer "
+             "would try by hand with each backend's own API (written out there), loads convcli's pick with its "
+             "runtime, and times all of them and the PyTorch source **together in one process, interleaved in "
+             "round-robin rounds** (2 threads each, same inputs). p50 ms with the interquartile range in "
+             "brackets; cosine = the lowest per-sample cosine vs PyTorch on 16 inputs that are not the "
+             "calibration data. *Best by-hand* = the fastest by-hand row with cosine >= 0.99. The issue's goal: "
+             "convcli's pick within 10% of it.", ""]
+    for name, res in results.items():
+        if "rows" not in res:
+            lines += [f"### {name}", "", f"No result: convcli exit {res.get('convcli_exit')}, by-hand exit "
+                      f"{res.get('exit')}; see bench/out/byhand-{name}*.log", ""]
+            continue
+        batches = res["batches"]
+        lines += [f"### {name}", "", f"Inputs: {res['inputs']}. convcli's pick: **{res['convcli']['id']}** "
+                  f"(convcli exit {res['convcli_exit']}: its own table in bench/out/byhand/{name}-convcli). "
+                  f"ONNX Runtime {res['onnxruntime']}, OpenVINO {res['openvino'].split('-')[0]}, NNCF "
+                  f"{res['nncf']}, torch {res['torch']}; {res.get('runs', 30)} timed runs per row and batch "
+                  f"(fewer for rows slower than 8 s of runs), timing took {res['timing_s']:.0f} s.", "",
+                  "| configuration | " + " | ".join(f"p50 ms b={b} (IQR)" for b in batches)
+                  + " | cosine min | build s |", "|---|" + "---|" * (len(batches) + 2)]
+        for label, row in res["rows"].items():
+            if "error" in row:
+                lines.append(f"| {label} | " + " | ".join(["-"] * len(batches)) + f" | {row['error']} | - |")
+                continue
+            shown = f"**{label}**" if label.startswith("convcli best") else label
+            if row.get("precision_taken") and "bf16" in label:
+                shown += f" (plugin took {row['precision_taken'].split(chr(39))[1]})" \
+                    if "'" in row["precision_taken"] else ""
+            lines.append(f"| {shown} | " + " | ".join(_fmt_lat(_lat(row, b)) for b in batches)
+                         + f" | {row['cosine_min']:.5f} | {row['build_s']:.1f} |")
+        lines.append("")
+        lines += [f"- {note}" for note in res.get("notes", [])]
+        rows = res["rows"]
+        copies = [r for k, r in rows.items() if k.startswith("convcli best") and _lat(r, batches[0])]
+        if len(copies) == 2:
+            lines.append("- A/A check (the same convcli artifact loaded twice, one copy timed last in each round): "
+                         + ", ".join(f"b={b} {_lat(copies[1], b)['p50'] / _lat(copies[0], b)['p50']:.2f}x"
+                                     for b in batches if _lat(copies[0], b) and _lat(copies[1], b))
+                         + ": gaps of this size between rows are noise, not a difference.")
+        for b in batches:
+            best, ratio, overlap = byhand_verdict(res, b)
+            if ratio is None:
+                lines.append(f"- b={b}: no ratio (a row is missing)")
+                continue
+            within = "within" if ratio <= 1.10 else "not within"
+            noise = "; the two medians' ~95% intervals overlap: the difference is within this run's noise" \
+                if overlap else "; the intervals do not overlap"
+            lines.append(f"- b={b}: convcli best / best by-hand passing ({best}) = **{ratio:.2f}x**, "
+                         f"{within} 10%{noise}.")
+        lines.append("")
+    notes = ROOT / "bench" / "NOTES-byhand.md"  # what the numbers mean, written by hand after a run
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    return "\n".join(lines)
 
 
 # -- coverage -------------------------------------------------------------------------------------------
@@ -353,18 +481,24 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["models", "pruning", "coverage", "cache", "overhead"], action="append")
+    parser.add_argument("--only", choices=["models", "byhand", "pruning", "coverage", "cache", "overhead"],
+                        action="append")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--coverage-models", default=",".join(FAMILIES))
+    parser.add_argument("--byhand-models", default=",".join(BYHAND))
     parser.add_argument("--render", action="store_true", help="Only rewrite docs/benchmarks.md from "
                                                                "bench/out/results.json and bench/NOTES.md.")
     args = parser.parse_args()
-    sections = [] if args.render else args.only or ["models", "pruning", "coverage", "cache", "overhead"]
+    sections = [] if args.render else args.only or ["models", "byhand", "pruning", "coverage", "cache", "overhead"]
     OUT.mkdir(parents=True, exist_ok=True)
     state_path = OUT / "results.json"
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
     if "models" in sections:
         state["models"] = {**state.get("models", {}), **bench_models(args.models.split(","))}
+        state["machine"] = machine()
+    if "byhand" in sections:
+        state["byhand"] = {**state.get("byhand", {}), **bench_byhand(args.byhand_models.split(","))}
+        state["byhand_machine"] = machine()
     if "pruning" in sections:
         state["pruning"] = bench_pruning()
     if "coverage" in sections:
@@ -382,8 +516,25 @@ def main() -> None:
     write(state)
 
 
+def earlier_sections() -> dict[str, str]:
+    """The sections of the committed docs/benchmarks.md by heading: a section this run did not measure keeps
+    an earlier run's table (bench/out/ is not committed, so results.json may not hold it)."""
+    if not DOC.exists():
+        return {}
+    chunks = DOC.read_text().split("\n## ")[1:]
+    return {c.split("\n", 1)[0]: "## " + c.rstrip() + "\n" for c in chunks}
+
+
 def write(state: dict[str, Any]) -> None:
-    state["machine"] = machine()
+    earlier = earlier_sections()
+
+    def carried(prefix: str) -> list[str]:  # an earlier run's section(s), not re-measured this time
+        return [text for head, text in earlier.items() if head.startswith(prefix)]
+
+    header_machine = state.get("machine")
+    if "models" not in state and DOC.exists() and " on " in DOC.read_text():  # keep the header's own machine
+        header_machine = DOC.read_text().split(" on ", 1)[1].split(". This machine", 1)[0]
+    state["machine"] = header_machine or machine()
     (OUT / "results.json").write_text(json.dumps(state, indent=1))
     parts = ["# Benchmarks", "",
              f"Measured with `make bench` (`bench/run_bench.py`) on {state['machine']}. This machine is shared and "
@@ -391,17 +542,19 @@ def write(state: dict[str, Any]) -> None:
              "torchvision, Keras MobileNetV2 and transformer models (BatchNorm statistics re-estimated so that "
              "activations keep a trained model's scale; parity and latency only, calibration on random images); "
              "the digits CNN is trained (accuracy on its 360-image validation split). `*` marks the fastest "
-             "artifact that passed its checks.", ""]
-    if "models" in state:
-        parts.append(models_markdown(state["models"]))
-    if "pruning" in state:
-        parts.append(pruning_markdown(state["pruning"]))
+             "artifact that passed its checks. A section measured on another machine says so in its own header.",
+             ""]
+    parts += [models_markdown(state["models"])] if "models" in state else carried("Reference models")
+    if "byhand" in state:
+        parts.append(byhand_markdown(state["byhand"], state.get("byhand_machine") or machine()))
+    else:
+        parts += carried("Fastest passing artifact")
+    parts += [pruning_markdown(state["pruning"])] if "pruning" in state else carried("Pruning")
     if "cache" in state:
         parts.append(cache_markdown(state["cache"], state.get("overhead")))
-    if "coverage" in state:
-        parts.append(coverage_markdown(state["coverage"]))
-    elif DOC.exists() and "\n## Coverage" in DOC.read_text():  # an earlier run's table, not re-measured this time
-        parts.append("## Coverage" + DOC.read_text().split("\n## Coverage", 1)[1].rstrip() + "\n")
+    else:
+        parts += carried("Cache") + carried("convcli overhead")
+    parts += [coverage_markdown(state["coverage"])] if "coverage" in state else carried("Coverage")
     transformer_int8 = ROOT / "bench" / "transformer_int8.md"  # measured by bench/transformer_int8.py on its own
     if transformer_int8.exists():
         parts.append(transformer_int8.read_text().rstrip() + "\n")
@@ -410,7 +563,6 @@ def write(state: dict[str, Any]) -> None:
         parts.insert(4, notes.read_text().rstrip() + "\n")
     DOC.write_text("\n".join(parts) + "\n")
     print(f"wrote {DOC}")
-
 
 if __name__ == "__main__":
     main()
