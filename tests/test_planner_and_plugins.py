@@ -97,7 +97,12 @@ def test_plan_and_doctor_commands(cli, catalogue) -> None:
 
 
 def test_every_command_help_has_an_example(cli) -> None:
-    for command in ("convert", "plan", "check", "doctor"):
-        res = cli(command, "--help")
+    from convcli.cli.app import app
+
+    commands = [[c.name] for c in app.registered_commands]
+    commands += [[g.name, c.name] for g in app.registered_groups for c in g.typer_instance.registered_commands]
+    assert ["debug"] in commands and ["package"] in commands and ["recipe", "validate"] in commands
+    for command in commands:
+        res = cli(*command, "--help")
         assert res.exit_code == 0
         assert "Example" in res.output, command
