@@ -217,7 +217,7 @@ def test_in_memory_keras_model_converts_and_its_weights_key_it(tmp_path: Path,
 
     from convcli.sources.tf_sources import import_tensorflow
 
-    import_tensorflow()  # triton before TensorFlow: later torch exports in this process must not crash
+    import_tensorflow(threads=2)  # triton first (later torch exports must not crash); the threads every test pins
     import keras
 
     scratch = tmp_path / "tmp"

@@ -96,6 +96,7 @@ def test_crashing_ncnn_step_fails_only_its_target(cli, catalogue, tmp_path: Path
     assert "seq" in ncnn["error"] and "onnxruntime" not in ncnn["error"]
     steps = {s["name"]: s["status"] for s in report["steps"]}
     assert steps == {"OnnxFromPytorch": "ok", "SimplifyOnnx": "ok", "NcnnFromOnnx": "error"}
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "onnx-fp32", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best", "manifest.json", "onnx-fp32", "report.json"]
+    assert (out / "best").resolve() == (out / "onnx-fp32").resolve()  # the one passed row
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "temporary folders left behind"
     assert "ncnn" not in (out / "manifest.json").read_text().split('"outputs_sha256"')[1]
