@@ -109,3 +109,51 @@ def test_a_tolerance_override_merges_field_by_field() -> None:
     assert merged.atol == 0.05 and merged.min_cosine == DEFAULT_TOLERANCES["fp16"].min_cosine
     assert merged.min_top1 == DEFAULT_TOLERANCES["fp16"].min_top1 and merged.atol_per_range
     assert merge_tolerance("fp16", Tolerance(min_top1=None)).min_top1 is None  # null disables one check
+
+
+def _logits_of_magnitude_ten(rng: np.random.Generator) -> np.ndarray:
+    ref = np.clip(rng.normal(scale=3.0, size=(8, 1000)), -9.0, 9.0).astype(np.float32)
+    ref[np.arange(8), np.arange(8)] = 10.0  # a clear top-1 per sample, as a trained classifier has
+    return ref
+
+
+def test_fp32_absolute_term_scales_with_the_output_range() -> None:
+    """Kernel-reordering noise (3e-4 everywhere, as inception_v3's ONNX export shows on logits up to ~7) on
+    logits of magnitude ~10 passes fp32; the fixed 1e-4 it replaces failed it. The same noise on outputs of
+    magnitude ~1 still fails: below magnitude 1 the limit is the old 1e-4."""
+    rng = np.random.default_rng(0)
+    ref = _logits_of_magnitude_ten(rng)
+    noise = np.where(rng.random(ref.shape) < 0.5, 3e-4, -3e-4).astype(np.float32)
+    result = compare_outputs(["logits"], [ref], [ref + noise], DEFAULT_TOLERANCES["fp32"])
+    assert result.passed, result.message
+    old = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999)
+    assert not compare_outputs(["logits"], [ref], [ref + noise], old).passed
+    small = ref / 10
+    result = compare_outputs(["logits"], [small], [small + noise], DEFAULT_TOLERANCES["fp32"])
+    assert not result.passed and "atol=0.0001," in result.message
+
+
+def test_fp32_one_wrong_channel_of_large_logits_still_fails() -> None:
+    """One class's logit off by 0.02 in every sample (a classifier row scaled by ~1%, measured on inception_v3:
+    0.025) fails fp32 on top of reordering noise, although the cosine (0.99999999) cannot see it; so does one
+    channel off by 0.5% of the range. The scaled term is 1e-4 of the output's largest value: 1e-3 here."""
+    rng = np.random.default_rng(1)
+    ref = _logits_of_magnitude_ten(rng)
+    noise = np.where(rng.random(ref.shape) < 0.5, 3e-4, -3e-4).astype(np.float32)
+    for err in (0.02, 0.05):
+        got = ref + noise
+        got[:, 500] += err
+        result = compare_outputs(["logits"], [ref], [got], DEFAULT_TOLERANCES["fp32"])
+        assert not result.passed and result.cosine_min > 0.9999, (err, result.cosine_min)
+        assert "beyond atol=0.001," in result.message and "values beyond" in result.message
+
+
+def test_fp32_too_small_floor_is_unchanged_by_the_scaled_term() -> None:
+    """The degenerate 'too small' rule compares max|ref| with the row's effective atol, 1e-4·max(1, max|ref|):
+    below magnitude 1 that is 1e-4 as before, and an output above 1 can never be at most 1e-4 of itself."""
+    rng = np.random.default_rng(2)
+    tiny = rng.normal(size=(4, 3)).astype(np.float32) * 1e-5
+    out = compare_outputs(["y"], [tiny], [tiny.copy()], DEFAULT_TOLERANCES["fp32"]).outputs[0]
+    assert any("too small" in d and "<= 0.0001" in d for d in out.degenerate), out.degenerate
+    big = _logits_of_magnitude_ten(rng)
+    assert compare_outputs(["y"], [big], [big.copy()], DEFAULT_TOLERANCES["fp32"]).outputs[0].degenerate == []

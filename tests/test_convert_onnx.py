@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import pytest
 
 from tests.conftest import FAST
 
@@ -190,3 +191,42 @@ def test_a_failure_after_building_started_leaves_outdir_as_it_was(cli, catalogue
     res = cli("convert", *args[:-3], "-o", fresh, "--no-latency", "--data", bad)
     assert res.exit_code == 2 and not fresh.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "out"]
+
+
+@pytest.mark.slow
+def test_inception_v3_export_passes_fp32_and_one_altered_filter_still_fails(tmp_path: Path) -> None:
+    """fp32's absolute term scales with the output's range. inception_v3 (random weights, BatchNorm statistics
+    re-estimated; logits up to ~6.6) exports with a kernel-reordering difference of 2.8e-4, which a fixed
+    atol of 1e-4 rejected. The scaled term accepts it, yet the same model with one conv filter of its last block
+    scaled by 1.05 (one of 2048 channels: what a conversion that mangles one weight would do) still fails the
+    export check, and so does one row of the classifier scaled by 1.01 (two of 2000 logits off; cosine
+    0.9999999, so only the elementwise limit catches it). About 40 s on two cores."""
+    import importlib.util
+
+    import torch
+
+    from convcli.converters.torch_to_onnx import _export_dynamo, verify_export
+    from convcli.core.errors import ConversionError
+    from convcli.core.tensors import parse_input_spec
+    from convcli.sources.torch_sources import example_tensors
+
+    spec = importlib.util.spec_from_file_location(
+        "convcli_test_torchvision_models", Path(__file__).resolve().parents[1] / "recipes/models/torchvision_models.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.by_name("inception_v3")
+    specs = [parse_input_spec("x:batch=2x3x299x299:float32")]
+    path = tmp_path / "inception_v3.onnx"
+    _export_dynamo(model, tuple(example_tensors(specs)), path, specs, ["logits"], None, False)
+    checks = verify_export(model, path, specs, threads=2, check_dynamic=True)
+    assert all(c["passed"] for c in checks.values()), checks
+    assert 1e-4 < max(c["max_abs_err"] for c in checks.values()) < 6e-4, checks  # beyond the old fixed 1e-4
+
+    for weight, row, factor in ((model.Mixed_7c.branch_pool.conv.weight, 3, 1.05), (model.fc.weight, 7, 1.01)):
+        with torch.no_grad():
+            weight[row] *= factor
+        with pytest.raises(ConversionError, match="disagrees with PyTorch at example sizes: logits: .* beyond"):
+            verify_export(model, path, specs, threads=2, check_dynamic=False)
+        with torch.no_grad():
+            weight[row] /= factor

@@ -197,6 +197,31 @@ def test_torchscript_source_and_an_operator_ncnn_lacks(cli, catalogue, tmp_path:
     assert not (out / "ncnn-fp32").exists()
 
 
+def test_an_operator_pnnx_cannot_map_from_the_trace_goes_through_onnx(cli, tmp_path: Path) -> None:
+    """pnnx leaves aten::addcmul of the TorchScript trace unmapped; the ONNX export decomposes it, so NcnnFromPytorch
+    converts that instead. The step says which route built the model and why, the row's chain shows it, and the
+    ncnn model is still judged against PyTorch. With the fallback off, the row is an error naming the operator."""
+    spec = str(Path(__file__).parent / "models/small.py:addcmul")
+    x = ["--input", "x:batch=2x3x8x8:float32"]
+    out = tmp_path / "out"
+    res = cli("convert", spec, *x, "--to", "ncnn", "-o", out, *NO_LAT)
+    assert res.exit_code == 0, res.output
+    report = res.report(out)
+    (row,) = report["artifacts"]
+    assert row["status"] == "passed" and row["parity"]["max_abs_err"] < 1e-4, row
+    assert row["chain"] == "pytorch -> NcnnFromPytorch [via ONNX: OnnxFromPytorch + pnnx]", row["chain"]
+    details = _steps(report)["NcnnFromPytorch"]["details"]
+    assert details["ncnn_route"] == "onnx (OnnxFromPytorch + pnnx)", details
+    assert "aten::addcmul" in details["ncnn_route_reason"] and details["onnx_exporter"] in ("dynamo", "torchscript")
+    assert not any("." in t or "::" in t for t in details["ncnn_layers"]), details["ncnn_layers"]
+
+    out = tmp_path / "off"
+    res = cli("convert", spec, *x, "--to", "ncnn", "-o", out, "-O", "NcnnFromPytorch.onnx_fallback=false", *NO_LAT)
+    assert res.exit_code == 3, res.output
+    (row,) = res.report(out)["artifacts"]
+    assert row["status"] == "error" and "aten::addcmul" in row["error"] and "ONNX route" not in row["error"], row
+
+
 def test_unsupported_flag_exits_2_naming_target_and_flag(cli, catalogue, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "ncnn", "-O", "ncnn.bogus=1", "-o", out)

@@ -18,8 +18,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -196,6 +198,10 @@ class PnnxConverter(Converter):
         return pnnx_availability(cls.requires)
 
     # subclasses ----------------------------------------------------------------------------------------
+    def pnnx_input(self) -> str:
+        """The name of the file pnnx converts (its extension tells pnnx the frontend)."""
+        return self.pnnx_input_name
+
     def write_pnnx_input(self, artifact: Artifact, dest: Path, ctx: StepContext) -> dict[str, Any]:
         """Write the file pnnx converts; return details worth recording (e.g. what was done to it)."""
         raise NotImplementedError  # pragma: no cover
@@ -218,7 +224,7 @@ class PnnxConverter(Converter):
                                   hint="pip install -c constraints.txt pnnx")
         work = ctx.workdir / "pnnx"
         work.mkdir(parents=True, exist_ok=True)
-        model_in = work / self.pnnx_input_name
+        model_in = work / self.pnnx_input()
         notes = self.write_pnnx_input(artifact, model_in, ctx)
 
         one = batch_overrides(specs)
@@ -311,16 +317,84 @@ class PnnxConverter(Converter):
         return checks
 
 
+UNMAPPED = "pnnx could not map operator(s)"
+
+
+class NcnnTorchOptions(NcnnOptions):
+    """Options of the ncnn target from a PyTorch or TorchScript source."""
+
+    onnx_fallback: bool = Field(
+        default=True, description="When pnnx cannot map an operator of the TorchScript trace, export the model to "
+                                  "ONNX (OnnxFromPytorch, weights inline) and convert that with pnnx; the step's "
+                                  "details say which route built the model (ncnn_route).")
+
+
 class NcnnFromPytorch(PnnxConverter):
-    """nn.Module -> ncnn: torch.jit.trace at batch 1, then pnnx."""
+    """nn.Module -> ncnn: torch.jit.trace at batch 1, then pnnx. When pnnx leaves an operator of the trace unmapped
+    (``aten::addcmul``), the ONNX route is tried before giving up: the model exported with the ``onnx_step``
+    converter (its ONNX checked against PyTorch as always), that file given to pnnx, and the ncnn model still
+    checked against PyTorch itself. pnnx's ONNX frontend sees the exporter's decomposition of the operator
+    (Mul, Add), which it can map. The route is recorded (``ncnn_route``) and shown in the row's chain."""
 
     name = "NcnnFromPytorch"
     source = "pytorch"
-    summary = "torch.jit.trace + pnnx (child process) -> ncnn .param/.bin, checked at a second dynamic size"
+    summary = ("torch.jit.trace + pnnx (child process) -> ncnn .param/.bin, checked at a second dynamic size; "
+               "through ONNX when pnnx cannot map an operator of the trace")
     requires = ("torch", "pnnx", "ncnn")
     cost = 1.0  # below OnnxFromPytorch + NcnnFromOnnx: the direct edge is preferred for PyTorch sources
+    Options = NcnnTorchOptions
+    onnx_step: ClassVar[str] = "OnnxFromPytorch"
+    _onnx_file: Path | None = None
+
+    def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
+        opts: NcnnTorchOptions = self.options  # type: ignore[assignment]
+        try:
+            out = super().run(artifact, ctx)
+        except ConversionError as exc:
+            if not (opts.onnx_fallback and UNMAPPED in exc.message):
+                raise
+            return self._via_onnx(artifact, ctx, exc.message)
+        out.details["ncnn_route"] = "torchscript trace"
+        return out
+
+    def _via_onnx(self, artifact: Artifact, ctx: StepContext, why: str) -> Artifact:
+        from convcli.converters import torch_to_onnx
+
+        where = f"ncnn target ({self.name})"
+        step_cls = getattr(torch_to_onnx, self.onnx_step)
+        if not (ready := step_cls.availability()).available:
+            raise ConversionError(f"{why}; the ONNX route is unavailable: {self.onnx_step}: {ready.reason}")
+        folder = ctx.workdir / "onnx-route"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            exported = step_cls().run(artifact, replace(ctx, workdir=folder))
+        except ConversionError as exc:
+            raise ConversionError(f"{why}; the ONNX route failed too: {exc.message}", hint=exc.hint) from None
+        shutil.rmtree(ctx.workdir / "pnnx", ignore_errors=True)
+        self._onnx_file = exported.path
+        try:
+            out = super().run(artifact, ctx)
+        except ConversionError as exc:
+            raise ConversionError(f"{why}; the ONNX route ({self.onnx_step} + pnnx) failed too: {exc.message}",
+                                  hint=exc.hint) from None
+        finally:
+            self._onnx_file = None
+        out.details.update({
+            "ncnn_route": f"onnx ({self.onnx_step} + pnnx)", "chain_note": f"via ONNX: {self.onnx_step} + pnnx",
+            "ncnn_route_reason": why.removeprefix(f"{where}: "),
+            "onnx_exporter": exported.details.get("exporter"), "onnx_opset": exported.details.get("opset"),
+            "onnx_export_checks": exported.details.get("export_checks"),
+        })
+        return out
+
+    def pnnx_input(self) -> str:
+        return "model.onnx" if self._onnx_file is not None else self.pnnx_input_name
 
     def write_pnnx_input(self, artifact: Artifact, dest: Path, ctx: StepContext) -> dict[str, Any]:
+        if self._onnx_file is not None:
+            from convcli.converters.onnx_to_ncnn import prepare_for_pnnx
+
+            return prepare_for_pnnx(self._onnx_file, dest, f"ncnn target ({self.name})")
         torch = require("torch")
         args = tuple(torch.from_numpy(a) for a in example_inputs(artifact.inputs,
                                                                 batch_overrides(artifact.inputs), 0).values())
@@ -356,6 +430,7 @@ class NcnnFromTorchscript(NcnnFromPytorch):
 
     name = "NcnnFromTorchscript"
     source = "torchscript"
+    onnx_step = "OnnxFromTorchscript"
     summary = "pnnx (child process) on a TorchScript archive -> ncnn .param/.bin"
 
     def traceable(self, artifact: Artifact) -> Any:

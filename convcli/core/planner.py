@@ -73,8 +73,12 @@ class Plan:
     steps: dict[str, PlanStep] = field(default_factory=dict)
     targets: list[PlannedTarget] = field(default_factory=list)
 
-    def chain_text(self, target: PlannedTarget) -> str:
-        return " -> ".join([self.source_format, *(self.steps[s].step.name for s in target.chain)])
+    def chain_text(self, target: PlannedTarget, notes: dict[str, str] | None = None) -> str:
+        """``pytorch -> OnnxFromPytorch -> SimplifyOnnx``; a step that ran another way than its name says (its
+        details' ``chain_note``, passed in ``notes`` by step id) reads ``NcnnFromPytorch [via ONNX: ...]``."""
+        notes = notes or {}
+        return " -> ".join([self.source_format, *(self.steps[s].step.name + (f" [{notes[s]}]" if s in notes else "")
+                                                  for s in target.chain)])
 
 
 def precisions_for(registry: Registry, fmt: str) -> tuple[str, ...]:

@@ -103,9 +103,12 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
                                 spec.outputs, machine_fingerprint(settings.threads))
         entries = []
         onnx_source = Path(spec.source.model) if loader.format == "onnx" else None
+        notes = {sid: str(o.artifact.details["chain_note"]) for sid, o in outcomes.items()
+                 if o.artifact is not None and o.artifact.details.get("chain_note")}
         for t in the_plan.targets:
             k = keys.get(t.final_step) if t.final_step else src_key
-            entries.append(Entry(t.request.label, t.request.format, t.request.precision, the_plan.chain_text(t),
+            entries.append(Entry(t.request.label, t.request.format, t.request.precision,
+                                 the_plan.chain_text(t, notes),
                                  staged[t.request.label], make_key(measure_base, k, t.request.label),
                                  chain_reference(the_plan, t, outcomes, onnx_source)))
         evaluation = Evaluation(registry, spec, source, data, settings, cache, progress, outputs)

@@ -37,13 +37,19 @@ class Tolerance(BaseModel):
     rtol: float = Field(default=0.0, description="Relative tolerance paired with atol.")
     atol_per_range: bool = Field(
         default=False, description="Scale atol by the output's range, max(1, max|ref|): for precisions whose "
-                                   "error grows with the magnitude of the activations (fp16).")
+                                   "error grows with the magnitude of the activations (fp32's kernel "
+                                   "reordering, fp16's and bf16's rounding).")
     min_cosine: float | None = Field(default=None, description="Lowest per-sample cosine similarity allowed.")
     min_top1: float | None = Field(default=None, description="Lowest top-1 agreement for classifier outputs "
                                                              "(kinds logits and probabilities).")
 
 
-# fp32: conversions should be numerically exact up to kernel reordering. fp16 keeps 11 significant bits: each
+# fp32: conversions should be numerically exact up to kernel reordering, whose error is a few float32 roundings
+# of the values being summed, so it grows with the magnitude of the activations: its absolute term scales with the
+# output's range like fp16's (1e-4 up to magnitude 1, 1e-4·max|ref| above). Measured: inception_v3's ONNX export
+# differs from PyTorch by 2.8e-4 on logits up to 6.6 (limit now 6.6e-4, was 1e-4), while one filter of its last
+# conv block scaled by 1.02 moves them by 1.7e-3 and one classifier row scaled by 1.01 by 2.5e-2: both still fail.
+# fp16 keeps 11 significant bits: each
 # layer adds ~5e-4 relative error, so after tens of layers logits of magnitude 5 differ by a few 1e-2 (measured:
 # a MobileNetV2 with realistic activations, 0.025 on logits up to ~4, cosine 0.99985); its absolute term therefore
 # scales with the output's range. int8 is judged on cosine/top-1 (and on accuracy drop when a labelled set is
@@ -51,7 +57,7 @@ class Tolerance(BaseModel):
 # 8x fp16's, so its elementwise and cosine limits are looser than fp16's (OpenVINO bf16 on an fp32 IR measured
 # about 2e-2 off on logits of magnitude ~5, cosine 0.9999 on ResNet-18); top-1 and accuracy drop stay fp16's.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999),
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, atol_per_range=True, min_cosine=0.9999),
     "fp16": Tolerance(atol=1e-2, rtol=1e-2, atol_per_range=True, min_cosine=0.999, min_top1=0.95),
     "bf16": Tolerance(atol=5e-2, rtol=5e-2, atol_per_range=True, min_cosine=0.995, min_top1=0.95),
     "int8": Tolerance(atol=None, min_cosine=0.98, min_top1=0.9),

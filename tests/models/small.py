@@ -44,6 +44,27 @@ class TokenBag(nn.Module):
         return self.fc(self.embed(ids).mean(dim=1))
 
 
+class Addcmul(nn.Module):
+    """A conv followed by ``torch.addcmul``: pnnx's TorchScript frontend leaves ``aten::addcmul`` unmapped (no ncnn
+    layer), while the ONNX exporter decomposes it into Mul and Add, which pnnx's ONNX frontend maps. The model for
+    NcnnFromPytorch's ONNX route."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = torch.addcmul(y, y, torch.sigmoid(y), value=0.5)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def addcmul() -> nn.Module:
+    torch.manual_seed(0)
+    return Addcmul().eval()
+
+
 def branchy() -> nn.Module:
     torch.manual_seed(0)
     return Branchy().eval()
