@@ -157,3 +157,48 @@ def test_fp32_too_small_floor_is_unchanged_by_the_scaled_term() -> None:
     assert any("too small" in d and "<= 0.0001" in d for d in out.degenerate), out.degenerate
     big = _logits_of_magnitude_ten(rng)
     assert compare_outputs(["y"], [big], [big.copy()], DEFAULT_TOLERANCES["fp32"]).outputs[0].degenerate == []
+
+
+def test_int8_checks_size_as_well_as_direction() -> None:
+    """Cosine is blind to scale: an int8 output ten times too large, or a one-value-per-sample output three times
+    too large (cosine +1 per sample), fails on the relative L2 limit."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(8, 10)).astype(np.float32)
+    assert not compare_outputs(["y"], [logits], [logits * 10], DEFAULT_TOLERANCES["int8"]).passed
+    scalar = rng.uniform(1, 2, size=(8, 1)).astype(np.float32)
+    result = compare_outputs(["y"], [scalar], [scalar * 3], DEFAULT_TOLERANCES["int8"])
+    assert not result.passed and "relative L2 error" in result.message
+    assert compare_outputs(["y"], [logits], [logits * 1.02], DEFAULT_TOLERANCES["int8"]).passed
+
+
+def test_integer_outputs_must_be_equal() -> None:
+    ids = np.arange(16, dtype=np.int64).reshape(8, 2) * 100
+    off = ids.copy()
+    off[0, 0] += 1  # another class id, however close the number
+    for precision in ("fp32", "fp16"):
+        result = compare_outputs(["ids"], [ids], [off], DEFAULT_TOLERANCES[precision])
+        assert not result.passed and "integer values differ" in result.message
+    assert compare_outputs(["ids"], [ids], [off], DEFAULT_TOLERANCES["int8"]).passed  # 1 of 16 <= 10% at int8
+    many = ids + 1
+    assert not compare_outputs(["ids"], [ids], [many], DEFAULT_TOLERANCES["int8"]).passed
+
+
+def test_an_empty_output_is_compared_without_crashing_and_flagged() -> None:
+    empty = np.zeros((0, 4), np.float32)
+    result = compare_outputs(["boxes"], [empty], [empty.copy()], DEFAULT_TOLERANCES["fp32"])
+    assert result.outputs[0].degenerate == ["empty: it has no values on the parity data"]
+
+
+def test_top1_does_not_count_the_sources_own_near_ties() -> None:
+    from convcli.parity.compare import KindChoice
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(16, 10)).astype(np.float32)
+    ref[0, :2] = [3.0, 3.0 - 1e-5]  # a tie in the source: fp16 may break it either way
+    got = ref + 2e-5 * np.where(np.arange(10) == 1, 1, 0)
+    logits = [KindChoice(kind="logits", declared=True)]
+    result = compare_outputs(["y"], [ref], [got.astype(np.float32)], DEFAULT_TOLERANCES["fp16"], logits)
+    assert result.passed and result.outputs[0].top1_ties_excused == 1 and result.top1_agreement == 1.0
+    flipped = ref.copy()
+    flipped[:4] = flipped[:4, ::-1]  # real disagreements are still counted
+    assert not compare_outputs(["y"], [ref], [flipped], DEFAULT_TOLERANCES["fp16"], logits).passed

@@ -63,15 +63,17 @@ def test_accuracy_gate_and_target_gates_merge_per_field() -> None:
     assert merged.accuracy_limit("int8") == 0.1 and merged.accuracy_limit("fp16") == 0.05
     assert merged.max_size_mb == 1.0
     row = _row("int8", [REF], [REF.copy()], accuracy=0.85)
+    row.size_bytes = 500_000  # the job's max_size_mb=1.0 gate needs a size to judge
     judge(row, SRC, merged)
     assert row.status == "passed"
 
 
 def test_embedding_is_judged_by_cosine_and_a_declared_classifier_by_top1() -> None:
-    tied = np.tile(np.array([5.0, 5.0, 1.0, 0.0], np.float32), (8, 1))
-    tied[:, 1] += RNG.normal(scale=1e-4, size=8).astype(np.float32)
+    # The source's top two differ by 0.15, more than fp16's tolerance there (0.1): not a tie it may break. Each
+    # value moves by 0.08 (within the elementwise limit) and the order flips.
+    tied = np.tile(np.array([5.0, 5.15, 1.0, 0.0], np.float32), (8, 1))
     flipped = tied.copy()
-    flipped[:, [0, 1]] = tied[:, [1, 0]]
+    flipped[:, :2] = [5.08, 5.07]
     row = _row("fp16", [tied], [flipped])
     judge(row, SRC, GateSpec())
     assert row.status == "passed" and row.parity is not None and row.parity.outputs[0].kind == "tensor"
@@ -109,3 +111,22 @@ def test_the_fastest_passed_row_is_ranked_by_its_own_speedup_pair() -> None:
                             latency_ms=stats(0.1), speedup_vs_source=300.0)
     assert fastest_passed([cached, fresh, failed]) == "openvino-fp32"
     assert fastest_passed([failed]) is None
+
+
+def test_a_gate_that_cannot_be_judged_fails_instead_of_being_skipped() -> None:
+    row = _row("fp32", [REF], [REF.copy()])  # no latency measured, no classifier output
+    judge(row, SRC, GateSpec(min_speedup=2.0, min_top1=0.9))
+    assert row.status == "failed"
+    assert any("gate min_speedup is set" in f and "no source latency" in f for f in row.failures)
+    assert any("gate min_top1 is set" in f and "--output-kind" in f for f in row.failures)
+
+
+def test_int8_on_accuracy_still_fails_a_wrong_shape_and_needs_a_source_accuracy() -> None:
+    wide = np.concatenate([REF, REF[:, :1]], axis=1)
+    row = _row("int8", [REF], [wide], accuracy=0.9)
+    judge(row, SRC, GateSpec())
+    assert row.status == "failed" and "shape" in row.failures[0]
+    no_src = SRC.model_copy(update={"accuracy": None})
+    row = _row("int8", [REF], [-REF], accuracy=0.9)  # nothing to compare the accuracy with: parity decides
+    judge(row, no_src, GateSpec())
+    assert row.status == "failed" and "cosine" in row.failures[0]

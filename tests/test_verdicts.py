@@ -46,12 +46,15 @@ def test_an_embedding_is_not_judged_by_argmax_unless_declared_a_classifier(cli, 
     row = res.report(out)["artifacts"][0]
     output = row["parity"]["outputs"][0]
     assert output["kind"] == "tensor" and "declare --output-kind output:logits" in output["kind_reason"]
-    assert output["top1_agreement"] < 0.95 and output["cosine_min"] > 0.9999  # old main failed it on top-1
+    # Old main failed it on raw top-1 (0.50); the flips are the source's own near-ties, counted as such.
+    assert output["top1_ties_excused"] >= 8 and output["cosine_min"] > 0.9999
     res = cli(*args, "--output-kind", "output:embedding")
     assert res.exit_code == 0 and res.report(out)["artifacts"][0]["parity"]["outputs"][0]["kind"] == "embedding"
+    # Declared a classifier, top-1 is judged, but these flips are the source's own near-ties (its two best values
+    # differ by ~1e-7, far inside fp16's tolerance): they are excused and counted, not failed.
     res = cli(*args, "--output-kind", "output:logits")
-    assert res.exit_code == 1
-    assert "top-1 agreement" in res.report(out)["artifacts"][0]["failures"][0]
+    output = res.report(out)["artifacts"][0]["parity"]["outputs"][0]
+    assert res.exit_code == 0 and output["kind"] == "logits" and output["top1_ties_excused"] > 0
 
 
 def test_a_declared_kind_for_an_unknown_output_is_bad_input(cli, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from convcli.core.fsutil import sha256_file
 from convcli.core.lazy import is_installed
 from convcli.recipes.schema import PackageSpec, parse_version_policy
 from convcli.reports.model import ArtifactReport, Report
+from convcli.sources.objects import PREFIX as OBJECT_PREFIX
 
 CONFIG = "config.pbtxt"
 CARD = "README.md"
@@ -391,6 +392,8 @@ def model_name(base: str, artifact_id: str) -> str:
 def base_name(name: str | None, model: str) -> str:
     """The model name prefix: ``name`` (--name, or the recipe's name), else the source's file or module name
     (``models/digits_cnn.py:build`` -> digits_cnn, ``pkg.nets:resnet`` -> nets, ``model.onnx`` -> model)."""
+    if not name and model.startswith(OBJECT_PREFIX):  # an in-memory model: its class, not the digest in its token
+        name = model.removeprefix(OBJECT_PREFIX).split()[1] if len(model.split()) > 2 else "model"
     if not name:
         file_part = model.rsplit(":", 1)[0] if ":" in model else model
         path = Path(file_part)
@@ -503,7 +506,7 @@ def package(outdir: Path, spec: PackageSpec) -> PackageResult:
     for row in report.artifacts:
         if row.status != "passed":
             result.skipped.append((row.id, f"{row.status}{': ' + row.error if row.error else ''}"))
-        elif "-for-" in row.id:  # planner.py: an input another target is built from, not a deployable of its own
+        elif row.intermediate:  # planner.py: an input another target is built from, not a deployable of its own
             result.skipped.append((row.id, f"an intermediate file for {row.id.rsplit('-for-', 1)[1]}, not a "
                                            "deployable of its own"))
         elif row.format in NOT_SERVED:
@@ -674,6 +677,16 @@ def _version_entry(version: int, row: ArtifactReport, report: Report, manifest: 
     }
 
 
+def _precision_note(row: ArtifactReport) -> list[str]:
+    """OpenVINO picks its own inference precision (bf16 by default on CPUs with native bf16) and does not apply the
+    hint recorded in the IR: the card says which one the checks above were made at."""
+    if row.format != "openvino":
+        return []
+    hint = "bf16" if row.precision == "bf16" else "f32"
+    return [f"- checked at OpenVINO INFERENCE_PRECISION_HINT={hint}: compile with that hint to get these numbers "
+            f"(OpenVINO's default on a CPU with native bf16 is bf16)"]
+
+
 def model_card(name: str, row: ArtifactReport, history: list[dict[str, Any]], config: Any, warmup: str) -> str:
     """REPO/<model>/README.md: what the newest version is, how it was checked, where it came from; then every
     version convcli wrote."""
@@ -684,7 +697,7 @@ def model_card(name: str, row: ArtifactReport, history: list[dict[str, Any]], co
              f"{config.max_batch_size}, {len(config.input)} input(s), {len(config.output)} output(s); warm-up: "
              f"{warmup}",
              f"- newest version: {latest['version']} (from the run of {latest['report_created']}: "
-             f"`{latest['command']}`)", "",
+             f"`{latest['command']}`)", *_precision_note(row), "",
              "## Checks of the newest version (from the run's report.json)", "",
              f"- parity: {latest['parity']}",
              f"- accuracy: {latest['accuracy']}",

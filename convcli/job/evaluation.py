@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
 import os
 import platform
 import uuid
@@ -12,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from convcli import __version__
 from convcli.core.artifact import Artifact
-from convcli.core.cache import Cache, make_key
+from convcli.core.cache import Cache
 from convcli.core.errors import ConvcliError, InputError, UnavailableError, first_line
 from convcli.core.executor import ProgressSink
 from convcli.core.registry import Registry
@@ -26,7 +26,7 @@ from convcli.job.divergence import ReferenceExport, fails_parity
 from convcli.job.judge import exit_code, flag_speed, judge, same_run, within_noise
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
-from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, Tolerance, assume_kind, compare_outputs
+from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, assume_kind, compare_outputs
 from convcli.parity.data import LabelledSplit
 from convcli.parity.divergence import Divergence
 from convcli.parity.evaluate import EvalSettings, Measurement, evaluate_outputs, open_session, time_sessions
@@ -84,7 +84,7 @@ class Evaluation:
         self._ref: Measurement | None = None
         self._ref_session: Session | None = None
         self._open: list[Session] = []
-        self._got: dict[str, list[np.ndarray]] = {}
+        self._worst: dict[str, list[int]] = {}  # per row: the parity samples to trace if it fails
         self.repro_root: Path | None = None  # where rows' divergence/ folders go (OUTDIR or its staging folder)
         self.reference_export: ReferenceExport | None = None  # check/debug: the source exported on demand
         self.diagnose_all = False  # debug: every measured row, not only those failing parity
@@ -186,10 +186,18 @@ class Evaluation:
             row = ArtifactReport(**common, status="error", error=f"running the artifact failed: {first_line(exc)}")
             self._end(f"measure {entry.id}", False, row.error or "")
             return row
-        self._got[entry.id] = got.outputs
-        tol = self.tolerances.get(artifact.precision, Tolerance())
+        tol = self.tolerances[artifact.precision]  # every Precision has a default: never an empty Tolerance
         names = artifact.output_names or self.outputs
-        parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref))
+        try:
+            parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref))
+        except Exception as exc:  # an output compare cannot handle is this row's error, never the run's crash
+            row = ArtifactReport(**common, status="error", error=f"comparing the outputs failed: {first_line(exc)}")
+            self._end(f"measure {entry.id}", False, row.error or "")
+            return row
+        if self.spec.divergence_budget > 0:  # two indices, not the outputs: passing rows hold no extra memory
+            from convcli.parity.divergence import worst_samples
+
+            self._worst[entry.id] = worst_samples(ref.outputs, got.outputs)
         row = ArtifactReport(**common, status="passed", runner=got.runner, parity=parity, accuracy=got.accuracy)
         self._end(f"measure {entry.id}", True)  # the verdict (tolerances, gates) is the report's
         return Pending(row, entry.key, session)
@@ -197,7 +205,7 @@ class Evaluation:
     def diagnose(self, row: ArtifactReport, entry: Entry, artifact: Artifact) -> Divergence:
         """Locate the first diverging tensor of a row that failed parity, on its worst parity samples. Whatever
         goes wrong becomes the Divergence's message: the row's verdict is never changed by it."""
-        from convcli.parity.divergence import LocateRequest, locate, worst_samples
+        from convcli.parity.divergence import LocateRequest, locate
 
         label = f"locate divergence {row.id}"
         self._begin(label)
@@ -209,10 +217,8 @@ class Evaluation:
                 raise UnavailableError("no fp32 ONNX reference graph for this row (its chain never passed "
                                        "through ONNX)")
             data = self.data.get()
-            ref = self.reference()
             n = next(iter(data.parity.inputs.values())).shape[0]
-            got = self._got.get(row.id)
-            samples = worst_samples(ref.outputs, got) if got else list(range(min(2, n)))
+            samples = self._worst.get(row.id) or list(range(min(2, n)))  # a cached row: the first samples
             feed = {k: v[samples] for k, v in data.parity.inputs.items()}
             repro = self.repro_root / row.id / "divergence" if self.repro_root is not None else None
             result = locate(LocateRequest(
@@ -344,8 +350,9 @@ class Evaluation:
 
 def fastest_passed(rows: list[ArtifactReport]) -> str | None:
     """The passed row with the highest speedup over the source: each speedup is a pair timed in the same rounds,
-    so rows cached from different runs still compare fairly. Raw p50 decides only when some row has no pair."""
-    passed = [r for r in rows if r.status == "passed" and r.latency_ms is not None]
+    so rows cached from different runs still compare fairly. Raw p50 decides only when some row has no pair.
+    Intermediate files another target is built from (``onnx-int8-for-tensorrt``) are inputs, not deployables."""
+    passed = [r for r in rows if r.status == "passed" and r.latency_ms is not None and not r.intermediate]
     if not passed:
         return None
     if all(r.speedup_vs_source is not None for r in passed):
@@ -356,7 +363,7 @@ def fastest_passed(rows: list[ArtifactReport]) -> str | None:
 def best_artifact(rows: list[ArtifactReport], fastest: str | None) -> BestArtifact | None:
     """The report's ``best`` section: the fastest passed row (``fastest_passed``), or, when latency was not
     measured, the first passed row in target order; None when no row passed."""
-    passed = [r for r in rows if r.status == "passed"]
+    passed = [r for r in rows if r.status == "passed" and not r.intermediate]
     row = next((r for r in passed if r.id == fastest), None)
     if row is None and passed and all(r.latency_ms is None for r in passed):
         row = passed[0]
@@ -406,7 +413,8 @@ def machine_fingerprint(threads: int, info: dict[str, Any] | None = None) -> str
     of the measurement cache key, so numbers from another machine (a CI cache restored elsewhere) or another
     thread count are measured again instead of being compared with this machine's."""
     m = info if info is not None else machine()
-    return make_key("machine", m.get("cpu"), m.get("cpu_flags"), m.get("cores"), platform.machine(), threads)[:16]
+    blob = json.dumps(["machine", m.get("cpu"), m.get("cpu_flags"), m.get("cores"), platform.machine(), threads])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]  # not make_key: that one also hashes convcli's code
 
 
 @functools.cache

@@ -12,7 +12,8 @@ from convcli.reports.markdown import fmt_ms
 from convcli.reports.model import ArtifactReport, SourceReport
 
 
-def parity_failures(row: ArtifactReport, strict: bool) -> tuple[list[str], list[str]]:
+def parity_failures(row: ArtifactReport, strict: bool,
+                    src_accuracy: float | None = None) -> tuple[list[str], list[str]]:
     """Failures and flags from the row's parity, output by output.
 
     - Non-finite values (NaN/inf in the source's output on the parity data, or where the artifact's differ from
@@ -28,10 +29,12 @@ def parity_failures(row: ArtifactReport, strict: bool) -> tuple[list[str], list[
     flags: list[str] = []
     if not parity.outputs and not parity.passed:
         return [f"parity: {parity.message}"], []
-    judged_on_accuracy = row.precision == "int8" and row.accuracy is not None
+    judged_on_accuracy = row.precision == "int8" and row.accuracy is not None and src_accuracy is not None
     for i, out in enumerate(parity.outputs):
         problems = [p for p in (out.source_nonfinite, out.nonfinite) if p]
-        if not (judged_on_accuracy and i == 0):
+        if judged_on_accuracy and i == 0:  # judged by its accuracy drop; a wrong shape is still wrong
+            problems += [p for p in out.problems if p.startswith("shape ")]
+        else:
             problems += out.problems
         if problems:
             failures.append(f"parity: {out.name}: {'; '.join(problems)}")
@@ -45,12 +48,25 @@ def parity_failures(row: ArtifactReport, strict: bool) -> tuple[list[str], list[
     return failures, flags
 
 
+GATE_TEXT = {
+    "max_abs_err": lambda v: f"max abs err {v:.3g}", "min_cosine": lambda v: f"cosine {v:.6f}",
+    "min_top1": lambda v: f"top-1 agreement {v:.3f}", "max_p50_ms": lambda v: f"p50 {v:.2f} ms",
+    "min_speedup": lambda v: f"speedup {v:.2f}x", "max_size_mb": lambda v: f"size {v:.2f} MB",
+}
+GATE_NEEDS = {
+    "max_abs_err": "no parity", "min_cosine": "no parity",
+    "min_top1": "no output is judged as a classifier: declare one with --output-kind NAME:logits",
+    "max_p50_ms": "latency not measured", "min_speedup": "no source latency timed with it",
+    "max_size_mb": "no artifact size",
+}
+
+
 def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec, strict: bool = False) -> None:
     """Apply parity tolerances and gates to a measured row: sets status, failures, flags, accuracy drop, speedup.
     Every rule is in this function and ``parity_failures``; docs/cli.md states them in words."""
     if row.status not in ("passed", "failed"):
         return
-    failures, flags = parity_failures(row, strict)
+    failures, flags = parity_failures(row, strict, src.accuracy)
     row.flags = [f for f in row.flags if not f.startswith("degenerate reference")] + flags
     parity = row.parity
     row.accuracy_drop = None
@@ -64,19 +80,19 @@ def judge(row: ArtifactReport, src: SourceReport, gates: GateSpec, strict: bool 
     head, ref_head = row.latency_ms, row.source_latency_ms  # the source as timed in the same rounds
     row.speedup_vs_source = ref_head.p50 / head.p50 if head and ref_head and head.p50 > 0 else None
     g = gates
-    if parity is not None:
-        if g.max_abs_err is not None and parity.max_abs_err is not None and parity.max_abs_err > g.max_abs_err:
-            failures.append(f"max abs err {parity.max_abs_err:.3g} > {g.max_abs_err:g}")
-        if g.min_cosine is not None and parity.cosine_min is not None and parity.cosine_min < g.min_cosine:
-            failures.append(f"cosine {parity.cosine_min:.6f} < {g.min_cosine:g}")
-        if g.min_top1 is not None and parity.top1_agreement is not None and parity.top1_agreement < g.min_top1:
-            failures.append(f"top-1 agreement {parity.top1_agreement:.3f} < {g.min_top1:g}")
-    if g.max_p50_ms is not None and head and head.p50 > g.max_p50_ms:
-        failures.append(f"p50 {head.p50:.2f} ms > {g.max_p50_ms} ms")
-    if g.min_speedup is not None and row.speedup_vs_source is not None and row.speedup_vs_source < g.min_speedup:
-        failures.append(f"speedup {row.speedup_vs_source:.2f}x < {g.min_speedup}x")
-    if g.max_size_mb is not None and row.size_bytes is not None and row.size_bytes / 1e6 > g.max_size_mb:
-        failures.append(f"size {row.size_bytes / 1e6:.2f} MB > {g.max_size_mb} MB")
+    measured: dict[str, float | None] = {
+        "max_abs_err": parity.max_abs_err if parity else None, "min_cosine": parity.cosine_min if parity else None,
+        "min_top1": parity.top1_agreement if parity else None, "max_p50_ms": head.p50 if head else None,
+        "min_speedup": row.speedup_vs_source, "max_size_mb": row.size_bytes / 1e6 if row.size_bytes else None}
+    for gate, value in measured.items():
+        limit = getattr(g, gate)
+        if limit is None:
+            continue
+        if value is None:  # a gate the user set is never skipped silently
+            failures.append(f"gate {gate} is set but there is nothing to judge it on ({GATE_NEEDS[gate]})")
+        elif (value > limit) if gate.startswith("max_") else (value < limit):
+            failures.append(f"{GATE_TEXT[gate](value)} {'>' if gate.startswith('max_') else '<'} {limit:g}"
+                            + {"max_p50_ms": " ms", "min_speedup": "x", "max_size_mb": " MB"}.get(gate, ""))
     row.failures = failures
     row.status = "failed" if failures else "passed"
 

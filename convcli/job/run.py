@@ -17,7 +17,7 @@ from convcli.core.artifact import Artifact
 from convcli.core.cache import Cache, default_cache_dir, make_key
 from convcli.core.errors import InputError
 from convcli.core.executor import ProgressSink, execute
-from convcli.core.fsutil import atomic_write_text
+from convcli.core.fsutil import atomic_write_text, sha256_file
 from convcli.core.planner import Plan, plan
 from convcli.core.registry import Registry, default_registry
 from convcli.core.step import StepContext
@@ -109,7 +109,8 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
             k = keys.get(t.final_step) if t.final_step else src_key
             entries.append(Entry(t.request.label, t.request.format, t.request.precision,
                                  the_plan.chain_text(t, notes),
-                                 staged[t.request.label], make_key(measure_base, k, t.request.label),
+                                 staged[t.request.label],
+                                 make_key(measure_base, k, t.request.label, staged_digest(staged[t.request.label])),
                                  chain_reference(the_plan, t, outcomes, onnx_source)))
         evaluation = Evaluation(registry, spec, source, data, settings, cache, progress, outputs)
         evaluation.repro_root = workdir / "final"
@@ -162,6 +163,14 @@ def require_calibration(the_plan: Plan, spec: JobSpec, inputs: list[TensorSpec] 
                               "model with one input, or .npz keyed by input name; int8 is never calibrated on "
                               "random data")
     return undecided
+
+
+def staged_digest(artifact: Artifact | str) -> str | None:
+    """The staged files' content in the measurement key: a rebuilt step (a dropped cache entry, a non-deterministic
+    build) must be measured again, never reported with the numbers of the files it replaced."""
+    if isinstance(artifact, str):
+        return None
+    return make_key(*[sha256_file(f) for f in sorted(artifact.files)])
 
 
 def check_artifacts(spec: JobSpec, files: list[Path], registry: Registry | None = None,

@@ -122,7 +122,7 @@ def worst_samples(ref: list[np.ndarray], got: list[np.ndarray], k: int = 2) -> l
         return []
     score = np.zeros(n)
     for r, g in zip(ref, got, strict=False):
-        if r.shape != g.shape or r.ndim == 0 or not np.issubdtype(r.dtype, np.floating):
+        if r.shape != g.shape or r.ndim == 0 or r.size == 0 or not np.issubdtype(r.dtype, np.floating):
             continue
         d = np.abs(r.astype(np.float64) - g.astype(np.float64)).reshape(n, -1)
         d = np.where(np.isfinite(d), d, np.inf)
@@ -156,7 +156,10 @@ def tensor_error(ref: np.ndarray, got: np.ndarray, tol: IntermediateTolerance) -
     scale = float(np.abs(r).max())
     rel = float(d.max()) / scale if scale > 0 else float(d.max())
     nr, ng = float(np.linalg.norm(r)), float(np.linalg.norm(g))
-    cos = float(np.dot(r, g) / (nr * ng)) if nr > 0 and ng > 0 else (1.0 if nr == ng else 0.0)
+    if nr == 0:  # an all-zero reference (a dead ReLU, a mask): no direction to compare, only the size of the error
+        return dict(max_abs_err=float(d.max()), mean_abs_err=float(d.mean()), scale=scale, rel_err=rel, cosine=None,
+                    diverged=rel > tol.rel)
+    cos = float(np.dot(r, g) / (nr * ng)) if ng > 0 else 0.0
     return dict(max_abs_err=float(d.max()), mean_abs_err=float(d.mean()), scale=scale, rel_err=rel, cosine=cos,
                 diverged=rel > tol.rel or cos < tol.min_cosine)
 
@@ -270,7 +273,13 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
                           **base)
     node = graph.producer.get(first_err.tensor)
     inputs = [errors[i] for i in (node.inputs if node else []) if i in errors]
-    files = write_repro(req, graph, first_err, ref_vals, notes) if req.repro_dir is not None else []
+    files: list[str] = []
+    repro_failed = ""
+    if req.repro_dir is not None:
+        try:  # the repro is a convenience: failing to write it never loses the divergence that was found
+            files = write_repro(req, graph, first_err, ref_vals, notes)
+        except Exception as exc:
+            repro_failed = f"; no repro written: {first_line(exc)}"
     where = first_err.node or first_err.tensor
     extra = f" ({first_err.module})" if first_err.module else ""
     in_text = (f"inputs agree (rel err <= {max(e.rel_err or 0 for e in inputs):.2g})"
@@ -278,7 +287,8 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
                "its inputs already differ" if inputs else "its inputs were not compared")
     message = (f"first divergence at {first_err.op or 'tensor'} {where}{extra} -> {first_err.tensor}: "
                f"max abs err {first_err.max_abs_err:.3g} (rel {first_err.rel_err:.3g}), cosine "
-               f"{first_err.cosine if first_err.cosine is not None else float('nan'):.6f}; {in_text}")
+               + (f"{first_err.cosine:.6f}" if first_err.cosine is not None else "n/a (all-zero reference)")
+               + f"; {in_text}{repro_failed}")
     if exhausted:
         message += f"; time budget ({req.budget_s:g} s) spent: narrowed to tensors {lo}-{hi} of {len(order)}"
     return Divergence(status="found", message=message, first=first_err, inputs=inputs, path=compared,

@@ -1,9 +1,10 @@
 """OpenVINO IR -> the same IR run in bf16: OpenVINO's CPU plugin computes in bf16 when compiled with
 ``INFERENCE_PRECISION_HINT=bf16``, so a bf16 artifact is the fp32 IR (or, with ``weights=fp16``, its
-FP16-compressed form) with that hint written into it (``rt_info`` ``runtime_options``, which
-``Core.compile_model`` applies when the caller sets no precision). The OpenVINO runner compiles bf16 rows with the
-hint and checks after compiling that the plugin really uses bf16: it ignores the hint silently on a CPU without
-bf16 instructions.
+FP16-compressed form) with that hint recorded in it (``rt_info`` ``runtime_options``). OpenVINO 2026.4's
+``compile_model`` does not apply that record by itself (checked: an IR marked f32 still compiled to bf16 on a bf16
+CPU), so it documents intent only: whoever deploys the file must pass ``INFERENCE_PRECISION_HINT`` when compiling
+(the Triton model card says so). The OpenVINO runner compiles bf16 rows with the hint and checks after compiling
+that the plugin really uses bf16: it ignores the hint silently on a CPU without bf16 instructions.
 
 Available only where the CPU runs bf16 natively (``avx512_bf16`` or ``amx_bf16``, ``core/cpu.py``): elsewhere a
 bf16 row would be fp32 under another name, or an emulation slower than fp32, so it is ``unavailable`` with the

@@ -94,6 +94,12 @@ class ArtifactReport(BaseModel):
         default=None, description="Only on rows that failed parity: the first intermediate tensor that drifts "
                                   "from the reference (docs/debugging.md). Absent on passing rows.")
 
+    @property
+    def intermediate(self) -> bool:
+        """A row the planner added for another target's input (``<format>-<precision>-for-<target>``, e.g. the
+        Q/DQ ONNX a TensorRT engine is built from): judged like any row, but not a deployable of its own."""
+        return "-for-" in self.id
+
 
 class BestArtifact(BaseModel):
     """The one to ship: the fastest artifact that passed (``fastest_passed``), with what CI needs to publish it

@@ -51,6 +51,9 @@ class TorchRunner(Runner):
         torch = require("torch")
         if reference is None:
             raise UnavailableError("PyTorch module outputs need a reference ONNX graph to be named")
+        if artifact.format != "pytorch":  # a ScriptModule refuses hooks; an ExportedProgram's module is flattened
+            raise UnavailableError(f"module outputs of a {artifact.format} source cannot be hooked",
+                                   hint="the reference ONNX's own values are used instead")
         graph = ReferenceGraph(reference)
         scope_out = graph.module_outputs()
         if not scope_out:

@@ -70,7 +70,10 @@ def hold(obj: Any, kind: str) -> Iterator[tuple[str, str | None]]:
     """Make ``obj`` loadable as a source while the block runs: yields its token (the JobSpec's
     ``source.model``) and its digest (None: no stable cache key). A Keras model gets a temporary folder for its
     ``.keras`` file, removed after the block."""
-    digest = torch_digest(obj) if kind == "pytorch" else keras_digest(obj)
+    try:
+        digest = torch_digest(obj) if kind == "pytorch" else keras_digest(obj)
+    except Exception:  # lazy/meta parameters and the like: run uncached rather than fail the call
+        digest = None
     name = type(obj).__qualname__
     token = f"{PREFIX}{kind} {name} {digest[:16] if digest else 'uncached-' + uuid.uuid4().hex[:12]}>"
     folder = Path(tempfile.mkdtemp(prefix="convcli-keras-")) if kind == "keras" else None
@@ -151,6 +154,8 @@ def _code_digest(code: types.CodeType) -> str:
 def _plain(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
         return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
     return value is None or isinstance(value, (bool, int, float, str))
 
 
@@ -177,13 +182,32 @@ def torch_digest(module: Any) -> str | None:
             if isinstance(value, torch.Tensor):
                 add_tensor(f"{prefix}.{key}", value)
             elif _plain(value):
-                h.update(f"{prefix}.{key}={value!r}|".encode())
+                h.update(f"{prefix}.{key}={sorted(value.items()) if isinstance(value, dict) else value!r}|".encode())
+            elif _library_function(value):  # torch.relu, F.gelu: named by where they live
+                h.update(f"{prefix}.{key}={value.__module__}.{value.__qualname__}|".encode())
+            elif not isinstance(value, (torch.nn.Module, dict)) or not _modules_only(value, torch):
+                # A callable, a config object, an enum...: it can change the output and has no stable digest.
+                return None
     code = _class_code(classes)
     if code is None:
         return None
     for part in code:
         h.update(part.encode())
     return h.hexdigest()
+
+
+def _library_function(value: Any) -> bool:
+    """A function of torch, math or numpy: its name identifies its behaviour for a given installed version (and
+    the versions are in the cache key)."""
+    module = getattr(value, "__module__", None) or ""
+    return callable(value) and hasattr(value, "__qualname__") and module.split(".")[0] in ("torch", "math", "numpy")
+
+
+def _modules_only(value: Any, torch: Any) -> bool:
+    """Submodules (hashed through named_modules) and containers of them are covered already."""
+    if isinstance(value, torch.nn.Module):
+        return True
+    return isinstance(value, dict) and all(isinstance(v, torch.nn.Module) for v in value.values())
 
 
 def keras_digest(model: Any) -> str | None:
