@@ -13,8 +13,8 @@ read it (``onnx.load(reference, load_external_data=False)``) to learn the names 
 Contract for an implementation (a LiteRT or ncnn runner does exactly this):
 
 * ``feed`` is a small batch (1-4 samples) keyed by the source's input names, in the source's layout, exactly as
-  ``Session.run`` receives it. A fixed-batch runtime runs it one sample at a time and joins the results with
-  ``Intermediates.join``.
+  ``Session.run`` receives it. A fixed-batch runtime runs it one sample at a time and joins the results itself,
+  on each tensor's batch axis (``runners/onnx_reference.py``: not always axis 0).
 * ``wanted``: reference ONNX tensor names the caller wants (``None``: every tensor you can capture). Returning
   more is allowed (extras are ignored), returning fewer is expected (what you cannot match is counted, see below).
   On big graphs the locator first asks for a subset, then bisects with narrower ``wanted`` lists, so honouring it
@@ -70,10 +70,6 @@ class Intermediates:
     info: dict[str, TensorInfo] = field(default_factory=dict)
     unmatched: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def unmatched_count(self) -> int:
-        return sum(self.unmatched.values())
-
     def count_unmatched(self, reason: str, n: int = 1) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + n
 
@@ -87,18 +83,6 @@ class Intermediates:
                 out[ref] = self.tensors[name]
         return out
 
-    @staticmethod
-    def join(parts: list[Intermediates]) -> Intermediates:
-        """One Intermediates for a batch run sample by sample: arrays concatenated on axis 0, names, info and
-        counts from the first part (every part ran the same graph)."""
-        if not parts:
-            return Intermediates()
-        first = parts[0]
-        tensors = {k: np.concatenate([p.tensors[k] for p in parts], axis=0) for k in first.tensors
-                   if all(k in p.tensors for p in parts)}
-        return Intermediates(tensors=tensors, order=[n for n in first.order if n in tensors],
-                             reference=dict(first.reference), info=dict(first.info), unmatched=dict(first.unmatched))
-
 
 @dataclass
 class RefNode:
@@ -109,7 +93,6 @@ class RefNode:
     inputs: list[str]
     outputs: list[str]
     scopes: list[str] = field(default_factory=list)  # module names, outermost first ('stem', 'stem.conv')
-    module_class: str | None = None
     source_line: str | None = None
 
     @property
@@ -154,7 +137,7 @@ class ReferenceGraph:
             meta = {p.key: p.value for p in n.metadata_props}
             node = RefNode(name=n.name or f"{n.op_type}_{i}", op=n.op_type, inputs=[x for x in n.input if x],
                            outputs=[x for x in n.output if x], scopes=_scopes(meta),
-                           module_class=_module_class(meta), source_line=_source_line(meta))
+                           source_line=_source_line(meta))
             self.nodes.append(node)
             for o in node.outputs:
                 self.producer[o] = node
@@ -187,18 +170,6 @@ def _scopes(meta: dict[str, str]) -> list[str]:
         return []
     # ['', 'stem', 'stem.conv', 'conv2d']: the root, then modules, then the op's own name (not a module)
     return [s for s in names[1:-1] if isinstance(s, str) and s]
-
-
-def _module_class(meta: dict[str, str]) -> str | None:
-    import ast
-
-    raw = meta.get("pkg.torch.onnx.class_hierarchy")
-    try:
-        classes = ast.literal_eval(raw) if raw else []
-    except (ValueError, SyntaxError):
-        return None
-    classes = [c for c in classes if isinstance(c, str) and not c.startswith("aten.")]
-    return classes[-1] if classes else None
 
 
 def _source_line(meta: dict[str, str]) -> str | None:
