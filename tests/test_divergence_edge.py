@@ -11,6 +11,7 @@ its bytes; the ncnn .bin at the offset the .param's layer sizes give).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +241,12 @@ def test_keras_native_tflite_matches_a_tf2onnx_reference_by_tensorflow_names(
     assert max(err.values()) < 1e-4, err
     assert got.unmatched == {"fused by the converter (an ONNX tensor computed inside a later op)": 4,
                              "integer tensor (shapes, indices): not compared": 3}
+
+
+def test_the_layer_map_travels_with_the_tflite_but_is_not_its_size(converted: Path) -> None:
+    """The sidecar is staged and hashed with the artifact, but a debugging aid is not part of the deployed model:
+    the reported size (and a max_size_mb gate) is the .tflite alone."""
+    row = next(r for r in json.loads((converted / "report.json").read_text())["artifacts"] if r["id"] == "tflite-fp32")
+    model = converted / row["path"]
+    assert any(f.endswith(LAYER_MAP_SUFFIX) for f in row["files"])
+    assert row["size_bytes"] == model.stat().st_size

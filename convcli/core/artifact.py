@@ -9,6 +9,11 @@ from typing import Any
 
 from convcli.core.tensors import TensorSpec
 
+# Files staged beside a model for convcli's own use (divergence localization), not part of what is deployed: they
+# travel with the artifact (hashes, cache, OUTDIR) but never count towards its size or a max_size_mb gate.
+LAYER_MAP_SUFFIX = ".onnx2tf-names.json"  # onnx2tf layer -> ONNX tensor names, written by TfliteFromOnnx
+SIDECAR_SUFFIXES = (LAYER_MAP_SUFFIX,)
+
 
 @dataclass
 class Artifact:
@@ -35,7 +40,7 @@ class Artifact:
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.all_files() if p.is_file())
+        return sum(p.stat().st_size for p in self.all_files() if p.is_file() and not p.name.endswith(SIDECAR_SUFFIXES))
 
     def all_files(self) -> list[Path]:
         files = list(self.files)

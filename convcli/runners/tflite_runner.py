@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from convcli.core.artifact import Artifact
+from convcli.core.artifact import LAYER_MAP_SUFFIX, Artifact
 from convcli.core.errors import ConversionError
 from convcli.core.intermediates import Intermediates, TensorInfo
 from convcli.core.lazy import package_version, require
@@ -42,9 +42,8 @@ from convcli.runners.onnx_reference import UNJOINABLE, ReferenceView, join_sampl
 
 CHANNEL_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
 CHANNEL_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
-# Beside a .tflite made by onnx2tf (model.tflite -> model.onnx2tf-names.json): which Keras layer computes each
-# ONNX tensor, written by the converter's child process. TFLite tensors are named after those layers.
-LAYER_MAP_SUFFIX = ".onnx2tf-names.json"
+# Beside a .tflite made by onnx2tf (model.tflite -> model.onnx2tf-names.json, LAYER_MAP_SUFFIX): which Keras layer
+# computes each ONNX tensor, written by the converter's child process. TFLite tensors are named after those layers.
 PERMUTED = "permuted"  # a TFLite tensor whose axes are some permutation of the ONNX tensor's
 DIFFERED = "differed from ONNX at conversion in every arrangement (onnx2tf computes it in another form)"
 
