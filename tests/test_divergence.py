@@ -233,3 +233,16 @@ def test_int8_qdq_tensors_are_compared_as_consumers_read_them(cli: Cli, built: d
     assert value.min() >= 0.0
     cos = float(np.dot(ref.ravel(), value.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(value)))
     assert cos > 0.99, cos
+
+
+def test_convert_traces_a_pytorch_to_ncnn_row_against_an_exported_reference(tmp_path: Path) -> None:
+    """pnnx's chain never passes through ONNX; when such a row fails parity, convert exports the source on demand
+    (as check/debug do) instead of reporting the divergence unavailable."""
+    import convcli
+
+    report = convcli.convert(MODEL, [INPUT], "ncnn", output=tmp_path / "out", latency=False, samples=4,
+                             gates={"max_abs_err": 1e-12})  # impossible on purpose: the row must fail parity
+    row = report["ncnn-fp32"]
+    assert row.status == "failed" and row.divergence is not None
+    assert row.divergence.status in ("found", "not_found"), row.divergence.message
+    assert row.divergence.compared > 0 and row.divergence.reference_graph

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from convcli.core.artifact import Artifact
@@ -43,15 +44,23 @@ def chain_reference(the_plan: Plan, target: PlannedTarget, outcomes: dict[str, S
 
 
 class ReferenceExport:
-    """For ``check``/``debug``, where no chain ran: the source exported to ONNX and simplified (what a ``convert``
-    chain would have started from), done once and only when a row needs it. ONNX sources are their own
-    reference; other sources have none."""
+    """For rows whose chain never passed through ONNX (``check``/``debug``; in ``convert`` a PyTorch -> ncnn row
+    through pnnx): the source exported to ONNX and simplified (what a ``convert`` chain would have started from),
+    done once and only when a failing row needs it. ONNX sources are their own reference; other sources have none.
+    ``source`` may be a callable, so that a fully cached run never loads the model for it."""
 
-    def __init__(self, registry: Registry, source: Artifact, threads: int) -> None:
-        self.registry, self.source, self.threads = registry, source, threads
+    def __init__(self, registry: Registry, source: Artifact | Callable[[], Artifact], threads: int) -> None:
+        self.registry, self.threads = registry, threads
+        self._source = source
         self._dir: Path | None = None
         self._path: Path | None = None
         self._error: str | None = None
+
+    @property
+    def source(self) -> Artifact:
+        if callable(self._source):
+            self._source = self._source()
+        return self._source
 
     def get(self, artifact: Artifact | None = None) -> Path:
         """The reference graph for ``artifact``. An fp32 ONNX artifact whose nodes record PyTorch module scopes

@@ -114,8 +114,12 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
                                  chain_reference(the_plan, t, outcomes, onnx_source)))
         evaluation = Evaluation(registry, spec, source, data, settings, cache, progress, outputs)
         evaluation.repro_root = workdir / "final"
-        report = evaluation.report(entries, step_records(the_plan, outcomes),
-                                   make_key(measure_base, src_key, "source"))
+        evaluation.reference_export = ReferenceExport(registry, source.get, threads)  # rows without an ONNX chain
+        try:
+            report = evaluation.report(entries, step_records(the_plan, outcomes),
+                                       make_key(measure_base, src_key, "source"))
+        finally:
+            evaluation.reference_export.close()
         report.command = command
         report.settings.precision_auto = auto_note
         report.cache = {"dir": str(cache.root), "enabled": cache.enabled,
