@@ -176,3 +176,14 @@ def test_a_recipe_with_int8_and_no_calibration_stops_the_batch_before_anything_r
     assert "openvino-int8 (QuantizeOpenvinoInt8) needs calibration data" in res.output
     assert "data.calibration" in res.output
     assert not (tmp_path / "out-a").exists() and not (tmp_path / "out-b").exists()
+
+
+def test_a_format_option_reaches_every_target_of_that_format() -> None:
+    """`--to openvino,openvino@OpenvinoFromPytorch -O openvino.KEY=V`: both rows are openvino targets (two paths
+    compared side by side); the option used to reach only the last one. (Whether each converter accepts it is
+    checked when planning, as for any -O option.)"""
+    from convcli.recipes.flags import build_job
+
+    spec = build_job("m.py:build", "openvino,openvino@OpenvinoFromPytorch", ["x:1x3x8x8:float32"], None, "fp32",
+                     ["openvino.timeout_s=120"], Path("out"))
+    assert [t.options for t in spec.targets] == [{"timeout_s": 120}, {"timeout_s": 120}]

@@ -74,7 +74,9 @@ def build_job(model: str, to: str, inputs: list[str] | None, weights: Path | Non
 def _build_job(registry: Registry, model: str, to: str, inputs: list[str] | None, weights: Path | None,
                precision: str, options: StepOptions | None, output: Path, **extra: Any) -> JobSpec:
     targets = parse_targets(to, precision)
-    by_format = {registry.format_named(t.format).name: t for t in targets}
+    by_format: dict[str, list[TargetSpec]] = {}
+    for t in targets:  # `--to openvino,openvino@OpenvinoFromPytorch`: both are openvino targets
+        by_format.setdefault(registry.format_named(t.format).name, []).append(t)
     step_options: dict[str, dict[str, Any]] = {}
     parsed = ({str(k): dict(v) for k, v in options.items()} if isinstance(options, Mapping)
               else parse_key_values(list(options or []), "-O/--option"))
@@ -86,7 +88,8 @@ def _build_job(registry: Registry, model: str, to: str, inputs: list[str] | None
             continue
         if fmt not in by_format:
             raise InputError(f"-O {prefix}.*: {fmt} is not among the targets given with --to")
-        by_format[fmt].options.update(values)
+        for t in by_format[fmt]:
+            t.options.update(values)
     return JobSpec(
         source=SourceSpec(model=model, weights=weights, inputs=inputs or None),
         targets=targets, step_options=step_options, output=output,
