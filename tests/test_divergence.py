@@ -246,3 +246,22 @@ def test_convert_traces_a_pytorch_to_ncnn_row_against_an_exported_reference(tmp_
     assert row.status == "failed" and row.divergence is not None
     assert row.divergence.status in ("found", "not_found"), row.divergence.message
     assert row.divergence.compared > 0 and row.divergence.reference_graph
+
+
+def test_the_simplified_onnx_keeps_only_the_metadata_localization_reads() -> None:
+    from convcli.passes.simplify_onnx import _condensed
+
+    trace = ('File "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py", line 1775, in _call_impl\n'
+             '    return forward_call(*args, **kwargs)\n'
+             'File "/home/me/models/net.py", line 17, in forward\n'
+             '    return self.act(self.conv(x))\n'
+             'File "/venv/lib/python3.11/site-packages/torch/nn/modules/conv.py", line 548, in forward\n'
+             '    return self._conv_forward(input, self.weight, self.bias)\n')
+    props = [onnx.StringStringEntryProto(key=k, value=v) for k, v in (
+        ("pkg.torch.onnx.stack_trace", trace), ("pkg.torch.onnx.name_scopes", "['', 'mid', 'mid.conv']"),
+        ("pkg.torch.onnx.fx_node", "%conv2d_1 : [num_users=1] = call_function[...]"))]
+    kept = {p.key: p.value for p in _condensed(props)}
+    assert set(kept) == {"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.name_scopes"}
+    assert kept["pkg.torch.onnx.stack_trace"] == ('File "/home/me/models/net.py", line 17, in forward\n'
+                                                  '    return self.act(self.conv(x))')
+    assert props[0].value == trace  # the original graph's metadata is not modified

@@ -47,7 +47,29 @@ def keep_node_metadata(original: Any, slim: Any) -> None:
     meta = {n.name: list(n.metadata_props) for n in original.graph.node if n.name and len(n.metadata_props)}
     for node in slim.graph.node:
         if node.name in meta and not len(node.metadata_props):
-            node.metadata_props.extend(meta[node.name])
+            node.metadata_props.extend(_condensed(meta[node.name]))
+
+
+def _condensed(props: list[Any]) -> list[Any]:
+    """Only what localization reads: the module scopes and class hierarchy, and of the exporter's full stack trace
+    (~1 kB per node, every frame of torch itself) only the innermost frame outside torch, the model's own line. A
+    shipped ONNX then carries one path of the user's model file per node, not the whole Python stack."""
+    import re
+
+    kept = []
+    for p in props:
+        if p.key == "pkg.torch.onnx.stack_trace":
+            lines = p.value.splitlines()
+            frames = [i for i, ln in enumerate(lines)
+                      if (m := re.match(r'\s*File "([^"]+)", line \d+', ln)) and "/torch/" not in m.group(1)]
+            if not frames:
+                continue
+            i = frames[-1]
+            p = type(p)(key=p.key, value="\n".join(lines[i:i + 2]))  # a copy: the original graph stays as it was
+        elif p.key not in ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"):
+            continue
+        kept.append(p)
+    return kept
 
 
 class SimplifyOnnx(Pass):
