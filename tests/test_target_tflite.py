@@ -110,6 +110,21 @@ def test_keep_nchw_and_ambiguous_shapes_decided_by_numbers(cli, catalogue, tmp_p
     assert _tflite_inputs(out / row["path"])[0][1] == [1, 3, 4, 4]
 
 
+def test_skipping_keras_metadata_writes_the_same_tflite_file(cli, catalogue, tmp_path: Path) -> None:
+    """The fast path (no Keras metadata in onnx2tf's SavedModels) must not change the converted model."""
+    files = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "tflite", "-O", f"tflite.keras_metadata={flag}",
+                  "-o", out, *NO_LATENCY)
+        assert res.exit_code == 0, res.output
+        row = res.report(out)["artifacts"][0]
+        assert row["status"] == "passed", row
+        assert row["details"]["onnx2tf_run"] == "ran"  # both converted, neither reused the other's files
+        files[flag] = (out / row["path"]).read_bytes()
+    assert files["false"] == files["true"]
+
+
 def test_unknown_option_exits_2_naming_target_and_flag(cli, catalogue, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "tflite", "-O", "tflite.bogus=1", "-o", out)
