@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,dev]'
 	# onnx2tf pins exact old versions of the whole stack; it works with ours, so it goes in without deps.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps onnx2tf
+	# onnx2tf 2.x (TfliteFromOnnxDirect) in its own folder: the pin is the "#direct" line of constraints.txt.
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python --upgrade --target $(VENV)/onnx2tf-direct \
+		"$$(sed -n 's/^#direct //p' constraints.txt)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -46,8 +46,10 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import re
 import shutil
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +64,7 @@ from convcli.core.fsutil import sha256_file
 from convcli.core.isolation import run_python
 from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
-from convcli.core.step import Converter, StepContext
+from convcli.core.step import Availability, Converter, StepContext
 from convcli.core.tensors import Dim, TensorSpec
 from convcli.parity.data import DataSet, random_data
 from convcli.runners.tflite_runner import (
@@ -156,18 +158,19 @@ def skip_keras_metadata():
         return False
 
 try:
-    if __FAST__:
+    if __SKIP_KERAS_METADATA__:
         skip_keras_metadata()
     import onnx2tf
-    import onnx2tf.ops.Input as input_op
     captured = []
-    make_input = input_op.make_node
+    if __LAYER_MAP__:  # the Keras layers onnx2tf builds (its TensorFlow path only)
+        import onnx2tf.ops.Input as input_op
+        make_input = input_op.make_node
 
-    def capturing_make_node(*args, **kw):
-        captured.append(kw.get("tf_layers_dict"))
-        return make_input(*args, **kw)
+        def capturing_make_node(*args, **kw):
+            captured.append(kw.get("tf_layers_dict"))
+            return make_input(*args, **kw)
 
-    input_op.make_node = capturing_make_node
+        input_op.make_node = capturing_make_node
     onnx2tf.convert(**kwargs)
     if captured and captured[0] is not None:
         try:  # a debugging aid: it must never fail a conversion that worked
@@ -185,7 +188,9 @@ except BaseException as exc:
 '''
 
 
-class TfliteOptions(BaseModel):
+class TfliteDirectOptions(BaseModel):
+    """The options both onnx2tf paths take."""
+
     model_config = ConfigDict(extra="forbid")
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32", description="Which onnx2tf file to ship: float32, float16 weights (float32 I/O), or "
@@ -197,13 +202,16 @@ class TfliteOptions(BaseModel):
     int8_io: bool = Field(default=False, description="int8 only: int8 inputs and outputs (the runner quantizes "
                                                      "and dequantizes with each tensor's scale/zero point); "
                                                      "default: float32 inputs/outputs with int8 inside.")
+    calibration_samples: int | None = Field(
+        default=None, ge=1, description="int8 only: calibrate on the first N calibration samples; default: all "
+                                        "the job loaded (--calibration-samples).")
+
+
+class TfliteOptions(TfliteDirectOptions):
     keras_metadata: bool = Field(
         default=False, description="Let TensorFlow write the Keras metadata of the SavedModels onnx2tf saves on its "
                                    "way to TFLite (onnx2tf's own behaviour, ~10x slower; the .tflite files are the "
                                    "same). Default: skipped.")
-    calibration_samples: int | None = Field(
-        default=None, ge=1, description="int8 only: calibrate on the first N calibration samples; default: all "
-                                        "the job loaded (--calibration-samples).")
 
 
 def fixed_specs(specs: list[TensorSpec]) -> tuple[list[TensorSpec], dict[str, dict[str, int]]]:
@@ -451,13 +459,13 @@ def calibration_arrays(fixed: list[TensorSpec], calibration: DataSet, samples: i
 _RUNS: dict[str, Path] = {}
 
 
-def run_key(kwargs: dict[str, Any], files: list[Path]) -> str:
+def run_key(kwargs: dict[str, Any], files: list[Path], version: str | None) -> str:
     """What decides onnx2tf's output: its options (paths replaced by the content of the files they name)."""
     contents = {p.name: sha256_file(p) for p in files}
     options = {k: v for k, v in kwargs.items() if k not in ("input_onnx_file_path", "output_folder_path",
                                                             "custom_input_op_name_np_data_path")}
     calib = [[str(c[0]), Path(c[1]).name, *c[2:]] for c in kwargs.get("custom_input_op_name_np_data_path") or []]
-    return make_key("onnx2tf-run", package_version("onnx2tf"), contents, options, calib)
+    return make_key("onnx2tf-run", version, contents, options, calib)
 
 
 def _missing_file_reason(log: str) -> str:
@@ -480,12 +488,21 @@ class TfliteFromOnnx(Converter):
     requires = ("onnx", "onnxslim", "onnxruntime", "onnx2tf", "tensorflow", "tf_keras", "onnx_graphsurgeon",
                 "ai_edge_litert")
     precisions = ("fp32", "fp16", "int8")
-    Options = TfliteOptions
+    Options: type[BaseModel] = TfliteOptions
     # int8 calibrates on the calibration data; the sample images onnx2tf checks its conversion with come from it.
     uses_calibration = True
+    backend_kwargs: dict[str, Any] = {}  # onnx2tf.convert arguments that choose its path
+    layer_map = True  # onnx2tf builds Keras layers on this path: their names map TFLite tensors back to ONNX
+
+    @classmethod
+    def onnx2tf_version(cls) -> str | None:
+        return package_version("onnx2tf")
+
+    def child_env(self) -> dict[str, str]:
+        return {}
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
-        opts: TfliteOptions = self.options  # type: ignore[assignment]
+        opts: TfliteDirectOptions = self.options  # type: ignore[assignment]
         assert artifact.path is not None
         int8 = opts.precision == "int8"
         fixed, what = fixed_specs(artifact.inputs)
@@ -502,7 +519,7 @@ class TfliteFromOnnx(Converter):
         np.save(child_dir / SAMPLE_FILE, images)
         out_dir = child_dir / "out"
         kwargs: dict[str, Any] = {"input_onnx_file_path": str(static), "output_folder_path": str(out_dir),
-                                  "not_use_onnxsim": True, "non_verbose": True}
+                                  "not_use_onnxsim": True, "non_verbose": True, **self.backend_kwargs}
         if opts.keep_nchw or kept:
             kwargs["keep_shape_absolutely_input_names"] = [s.name for s in fixed] if opts.keep_nchw else kept
         inputs_for_key = [static, child_dir / SAMPLE_FILE]
@@ -516,7 +533,7 @@ class TfliteFromOnnx(Converter):
             # Both int8 files in one run: float32 I/O (integer_quant) and int8 I/O (full_integer_quant).
             kwargs.update(output_integer_quantized_tflite=True, custom_input_op_name_np_data_path=cind,
                           quant_type="per-channel", input_quant_dtype="int8", output_quant_dtype="int8")
-        key = run_key(kwargs, inputs_for_key)
+        key = run_key(kwargs, inputs_for_key, self.onnx2tf_version())
         wanted = PRODUCED["int8-io" if int8 and opts.int8_io else opts.precision]
         earlier = _RUNS.get(key)
         if earlier is not None and (earlier / wanted).is_file():
@@ -546,7 +563,7 @@ class TfliteFromOnnx(Converter):
                 raise ConversionError(f"tflite int8: input {s.name} was calibrated as {calibrated} "
                                       f"but the TFLite model takes it as {layouts.get(s.name, 'the source layout')}")
         details: dict[str, Any] = {
-            "onnx2tf": package_version("onnx2tf"), "precision": opts.precision, "onnx2tf_run": run_note,
+            "onnx2tf": self.onnx2tf_version(), "precision": opts.precision, "onnx2tf_run": run_note,
             "fixed shapes": what, "input_shapes": {s.name: list(s.example_shape()) for s in fixed},
             "input_layout": layouts, "output_layout": out_layouts, "keep_nchw": opts.keep_nchw,
             "kept_channel_last_inputs": kept,
@@ -565,12 +582,13 @@ class TfliteFromOnnx(Converter):
 
     def _convert(self, kwargs: dict[str, Any], child_dir: Path, produced: Path, ctx: StepContext) -> Path:
         """Run onnx2tf in a child process; return ``produced`` or raise ConversionError with its reason."""
-        opts: TfliteOptions = self.options  # type: ignore[assignment]
+        opts: TfliteDirectOptions = self.options  # type: ignore[assignment]
         code = (_CHILD.replace("__KWARGS__", repr(json.dumps(kwargs))).replace("__MARK__", _MARK)
                 .replace("__NAMES__", repr(str(produced.parent / LAYER_NAMES)))
-                .replace("__FAST__", repr(not opts.keras_metadata)))
+                .replace("__SKIP_KERAS_METADATA__", repr(not getattr(opts, "keras_metadata", True)))
+                .replace("__LAYER_MAP__", repr(self.layer_map)))
         proc = run_python(code, "onnx2tf", cwd=child_dir, timeout_s=opts.timeout_s, check=False,
-                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"})
+                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1", **self.child_env()})
         log = proc.stdout + "\n" + proc.stderr
         (ctx.workdir / "onnx2tf.log").write_text(log)
         if proc.returncode != 0:
@@ -584,5 +602,64 @@ class TfliteFromOnnx(Converter):
         return produced
 
 
+ONNX2TF_DIRECT_ENV = "CONVCLI_ONNX2TF_DIRECT"
+
+
+def onnx2tf_direct_dir() -> Path:
+    """Where onnx2tf 2.x is installed beside the 1.x package: ``make`` puts it in ``.venv/onnx2tf-direct``
+    (``pip install --target``); ``CONVCLI_ONNX2TF_DIRECT`` names another folder."""
+    return Path(os.environ.get(ONNX2TF_DIRECT_ENV) or Path(sys.prefix) / "onnx2tf-direct")
+
+
+def onnx2tf_direct_version() -> str | None:
+    found = sorted(onnx2tf_direct_dir().glob("onnx2tf-*.dist-info"))
+    if not found or not (onnx2tf_direct_dir() / "onnx2tf" / "__init__.py").is_file():
+        return None
+    return found[-1].name.removeprefix("onnx2tf-").removesuffix(".dist-info")
+
+
+class TfliteFromOnnxDirect(TfliteFromOnnx):
+    """ONNX -> .tflite with onnx2tf 2.x's ``flatbuffer_direct`` backend: the LiteRT flatbuffer is written from
+    the ONNX graph by onnx2tf itself, without building a Keras model or running TensorFlow's converter (the
+    minutes of the other path). Same child process, static shapes, layout check against ONNX Runtime and int8
+    calibration as ``TfliteFromOnnx``. onnx2tf 2.x cannot share a folder with the 1.x package this project also
+    uses (same import name), so it lives in its own folder put first on the child's ``sys.path``. No layer map:
+    intermediates are matched by the tensor names, which this backend takes from ONNX."""
+
+    name = "TfliteFromOnnxDirect"
+    summary = "onnx2tf 2.x flatbuffer_direct (child process): LiteRT file written without TensorFlow's converter; " \
+              "static shapes, NHWC layout recorded, checked against ORT; int8 calibrated on --calibration data"
+    Options = TfliteDirectOptions
+    precisions = ("fp32", "int8")
+    precision_gaps = {"fp16": "flatbuffer_direct's float16 file computes in float16, which LiteRT's CPU kernels "
+                              "cannot run (MAX_POOL_2D: 'Type FLOAT16 not currently supported'), so it cannot be "
+                              "checked here; --to tflite:fp16 (TfliteFromOnnx) stores float16 weights and computes "
+                              "in float32"}
+    backend_kwargs = {"tflite_backend": "flatbuffer_direct"}
+    layer_map = False
+
+    @classmethod
+    def availability(cls) -> Availability:
+        version = onnx2tf_direct_version()
+        if version is None:
+            return Availability(False, f"onnx2tf 2.x is not installed in {onnx2tf_direct_dir()} (`make` installs "
+                                       f"it there; or set {ONNX2TF_DIRECT_ENV})")
+        found = super().availability()
+        return Availability(found.available, found.reason, {**found.versions, "onnx2tf": version})
+
+    @classmethod
+    def onnx2tf_version(cls) -> str | None:
+        return onnx2tf_direct_version()
+
+    @classmethod
+    def machine_key(cls) -> Any:
+        return {"onnx2tf-direct": cls.onnx2tf_version()}  # not a pip distribution of this venv
+
+    def child_env(self) -> dict[str, str]:
+        return {"PYTHONPATH": os.pathsep.join(p for p in (str(onnx2tf_direct_dir()), os.environ.get("PYTHONPATH"))
+                                              if p)}
+
+
 def register(registry: Registry) -> None:
     registry.add_step(TfliteFromOnnx)
+    registry.add_step(TfliteFromOnnxDirect)

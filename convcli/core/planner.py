@@ -237,6 +237,8 @@ def plan(
         if req.precision != "fp32" and not (final_conv and req.precision in final_conv.precisions):
             # Decided before any step is added, so an unreachable precision adds no steps to the plan.
             precision_step, reason = precision_pass(fmt, req.precision)
+            if precision_step is None and final_conv is not None and req.precision in final_conv.precision_gaps:
+                reason = f"{final_conv.name}: {final_conv.precision_gaps[req.precision]}"
             if precision_step is None:
                 result.targets.append(PlannedTarget(req, None, [], unavailable=reason))
                 continue

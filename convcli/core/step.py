@@ -92,6 +92,8 @@ class Step:
     requires: ClassVar[tuple[str, ...]] = ()
     cost: ClassVar[float] = 1.0
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # Why a precision this step's format has elsewhere is not made here (planner: the target's unavailable reason).
+    precision_gaps: ClassVar[dict[str, str]] = {}
     Options: ClassVar[type[BaseModel]] = NoOptions
     default_for_target: ClassVar[bool] = False  # passes: applied whenever a plan passes through the format
     uses_calibration: ClassVar[bool] = False  # its output depends on the calibration data (part of its cache key)
