@@ -300,8 +300,11 @@ def run_convcli(cmd: list[str], log: Path, timeout_s: float) -> tuple[int, float
     timed_out = False
     try:
         with log.open("w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "CONVCLI_CACHE_DIR": cache})
+            # cwd and PYTHONPATH: `-m convcli` is this checkout's convcli, whatever the venv has installed
+            env = {**os.environ, "CONVCLI_CACHE_DIR": cache,
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+                                    env=env)
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
