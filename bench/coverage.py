@@ -430,7 +430,7 @@ def column_label(rid: str) -> str:
 def input_text(spec: str, count: int) -> str:
     """'x:batch=2x3x224x224:float32' -> '2x3x224x224'; with several inputs the name stays: 'input_ids 2x16'."""
     name, _, rest = spec.partition(":")
-    shape = rest.split(":")[0].removeprefix("batch=") if rest else spec
+    shape = re.sub(r"(?:^|(?<=x))[A-Za-z_]\w*=", "", rest.split(":")[0]) if rest else spec  # batch=2xseq=16 -> 2x16
     return f"{name} {shape}" if count > 1 else shape
 
 

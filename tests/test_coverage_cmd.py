@@ -226,3 +226,9 @@ def test_table_merges_result_files_of_several_shards(tmp_path: Path) -> None:
     assert "2/3 (67%)" in text and "Not measured yet (1): vgg11." in text
     assert "- resnet101 / tflite: onnx2tf failed at node X" in text
     assert "- A (1 models)" in text and "- B (2 models)" in text
+
+
+def test_input_column_drops_dimension_names_and_keeps_input_names_when_several() -> None:
+    assert coverage.input_text("x:batch=2x3x224x224:float32", 1) == "2x3x224x224"
+    assert coverage.input_text("input_ids:batch=2xseq=16:int64:0..30522", 2) == "input_ids 2x16"
+    assert coverage.input_text("x:1x3x8x8", 1) == "1x3x8x8"
