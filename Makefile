@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test browser lint bench clean
+.PHONY: demo test browser lint bench coverage clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+
+# Which models convert to which targets (docs/coverage.md); e.g. make coverage ZOO="bench/zoo/torchvision.yaml
+# my-zoo.yaml" SHARD=2/4 COVERAGE_ARGS="--targets onnx,openvino -O tflite.timeout_s=300". Resumable: re-run it.
+ZOO ?= bench/zoo/torchvision.yaml
+SHARD ?= 1/1
+COVERAGE_ARGS ?=
+coverage: $(STAMP)
+	$(BIN)/python bench/coverage.py $(foreach z,$(ZOO),--zoo $(z)) --shard $(SHARD) $(COVERAGE_ARGS)
 
 clean:
 	rm -rf out convcli-out .pytest_cache

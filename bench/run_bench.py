@@ -3,6 +3,7 @@
     .venv/bin/python bench/run_bench.py                 # all sections -> docs/benchmarks.md
     .venv/bin/python bench/run_bench.py --only models   # one section (models|byhand|pruning|coverage|cache|overhead)
     .venv/bin/python bench/run_bench.py --only byhand   # convcli's fastest passing artifact vs by-hand backends
+    .venv/bin/python bench/coverage.py                  # coverage of a model zoo -> docs/coverage.md (make coverage)
 
 Numbers are medians on this shared, noisy 2-core machine; every comparison in a table comes from the same run
 (same process, same data, same thread count). Raw reports go to bench/out/.
@@ -280,69 +281,11 @@ def byhand_markdown(results: dict[str, Any], cpu: str) -> str:
     return "\n".join(lines)
 
 
-# -- coverage -------------------------------------------------------------------------------------------
+# -- coverage: bench/coverage.py (make coverage), its own page docs/coverage.md -------------------------------
 
-# One model per torchvision family, smallest first (onnx2tf needs minutes on the large ones on 2 cores).
-FAMILIES = ["mobilenet_v3_small", "squeezenet1_0", "shufflenet_v2_x0_5", "mnasnet0_5", "mobilenet_v2", "resnet18",
-            "regnet_x_400mf", "efficientnet_b0", "googlenet", "densenet121", "inception_v3", "convnext_tiny",
-            "efficientnet_v2_s", "resnext50_32x4d", "swin_t", "maxvit_t", "vit_b_16", "wide_resnet50_2", "alexnet",
-            "vgg11"]
-TFLITE_TIMEOUT_S = 300
-
-
-def bench_coverage(models: list[str], save: Any = None) -> dict[str, Any]:
-    factory = ROOT / "bench" / "tv_factory.py"
-    results: dict[str, Any] = {}
-    for name in models:
-        size = 299 if name == "inception_v3" else 224
-        out = OUT / "coverage" / name
-        code, seconds, log = run([*CONVCLI, "convert", f"{factory}:{name}", "--input",
-                                  f"x:batch=2x3x{size}x{size}:float32", "--to", "onnx,openvino,ncnn,tflite",
-                                  "-O", f"tflite.timeout_s={TFLITE_TIMEOUT_S}",
-                                  "-o", out, "--no-latency", "--samples", "4"], timeout=1800)
-        report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
-        results[name] = {"exit": code, "seconds": seconds, "report": report,
-                         "log_tail": " | ".join(log.strip().splitlines()[-2:])[-300:]}
-        print(f"coverage {name}: exit {code} in {seconds:.0f}s", flush=True)
-        if save is not None:
-            save(results)
-    return results
-
-
-def coverage_markdown(results: dict[str, Any]) -> str:
-    fmts = ["onnx", "openvino", "ncnn", "tflite"]
-    lines = ["## Coverage: torchvision classifiers (one per family, random weights)", "",
-             "Each cell: passed (parity at fp32 tolerances vs PyTorch on 4 random 224x224 inputs; the number is the "
-             "max abs error), or the one-line reason it did not. Zero-initialised heads get random weights and "
-             "BatchNorm statistics are re-estimated on random images (`recipes/models/torchvision_models.py`): "
-             "with the initial statistics the activations of most of these models vanish (1e-15 and below) and "
-             "every comparison would pass on zeros, as an earlier version of this table did.", "",
-             "| model | " + " | ".join(fmts) + " | seconds |", "|---|" + "---|" * (len(fmts) + 1)]
-    reasons = []
-    for name, res in results.items():
-        report = res["report"]
-        if report is None:
-            lines.append(f"| {name} | " + " | ".join(["no report"] * len(fmts)) + f" | {res['seconds']:.0f} |")
-            reasons.append(f"- {name}: exit {res['exit']}: {res['log_tail']}")
-            continue
-        rows = {a["format"]: a for a in report["artifacts"]}
-        cells = []
-        for f in fmts:
-            a = rows.get(f)
-            if a is None:
-                cells.append("-")
-            elif a["status"] == "passed":
-                cells.append(f"passed ({a['parity']['max_abs_err']:.0e})")
-            else:
-                why = a.get("error") or "; ".join(a.get("failures", []))
-                cells.append(a["status"])
-                reasons.append(f"- {name} / {f}: {why[:240]}")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['seconds']:.0f} |")
-    passed = {f: sum(1 for r in results.values() if r["report"] and any(
-        a["format"] == f and a["status"] == "passed" for a in r["report"]["artifacts"])) for f in fmts}
-    lines += ["", "Passed: " + ", ".join(f"{f} {n}/{len(results)}" for f, n in passed.items()), "",
-              "Reasons for every cell that did not pass:", "", *reasons, ""]
-    return "\n".join(lines)
+COVERAGE_POINTER = ("## Coverage\n\nWhich models convert to which targets, and why the others do not: "
+                    "[docs/coverage.md](coverage.md), written by `make coverage` (`bench/coverage.py`; "
+                    "`--only coverage` here runs its smallest model per torchvision family).\n")
 
 
 # -- pruning -----------------------------------------------------------------------------------------------
@@ -484,7 +427,6 @@ def main() -> None:
     parser.add_argument("--only", choices=["models", "byhand", "pruning", "coverage", "cache", "overhead"],
                         action="append")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--coverage-models", default=",".join(FAMILIES))
     parser.add_argument("--byhand-models", default=",".join(BYHAND))
     parser.add_argument("--render", action="store_true", help="Only rewrite docs/benchmarks.md from "
                                                                "bench/out/results.json and bench/NOTES.md.")
@@ -501,14 +443,11 @@ def main() -> None:
         state["byhand_machine"] = machine()
     if "pruning" in sections:
         state["pruning"] = bench_pruning()
-    if "coverage" in sections:
-        previous = state.get("coverage", {})
+    state.pop("coverage", None)  # earlier runs kept coverage here; bench/coverage.py keeps its own results
+    if "coverage" in sections:  # one implementation: bench/coverage.py, resumable, writes docs/coverage.md
+        from bench.coverage import main as coverage_main
 
-        def save(partial: dict[str, Any]) -> None:  # a long coverage run writes what it has after every model
-            state["coverage"] = {**previous, **partial}
-            write(state)
-
-        state["coverage"] = {**previous, **bench_coverage(args.coverage_models.split(","), save)}
+        coverage_main(["--one-per-family", "-O", "tflite.timeout_s=300"])
     if "cache" in sections:
         state["cache"] = bench_cache()
     if "overhead" in sections:
@@ -554,7 +493,7 @@ def write(state: dict[str, Any]) -> None:
         parts.append(cache_markdown(state["cache"], state.get("overhead")))
     else:
         parts += carried("Cache") + carried("convcli overhead")
-    parts += [coverage_markdown(state["coverage"])] if "coverage" in state else carried("Coverage")
+    parts.append(COVERAGE_POINTER)
     transformer_int8 = ROOT / "bench" / "transformer_int8.md"  # measured by bench/transformer_int8.py on its own
     if transformer_int8.exists():
         parts.append(transformer_int8.read_text().rstrip() + "\n")

@@ -42,13 +42,23 @@ def recalibrate_batchnorm(model: nn.Module, size: int = 224, batches: int = 2, b
     return model
 
 
+def input_size(name: str) -> int:
+    """The image side a torchvision classifier is run at: the smallest crop size any of its published weights
+    was evaluated at (read from the weights' metadata; nothing is downloaded). For ViTs that is the only size the
+    ``weights=None`` architecture accepts (its position embeddings are built for 224); for the others it is the
+    size the model was trained for (299 for Inception v3, 240-600 for EfficientNet B1-B7, 256 for Swin v2)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name)
+    return min(int(w.transforms.keywords.get("crop_size", 224)) for w in weights)
+
+
 def by_name(name: str) -> nn.Module:
     import torchvision
 
     torch.manual_seed(0)
     model = reinit_zero_heads(torchvision.models.get_model(name, weights=None))
-    size = 299 if name == "inception_v3" else 224
-    return recalibrate_batchnorm(model, size).eval()
+    return recalibrate_batchnorm(model, input_size(name)).eval()
 
 
 def resnet18() -> nn.Module:
