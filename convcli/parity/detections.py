@@ -57,7 +57,8 @@ def match_image(ref: np.ndarray, got: np.ndarray, tol: Tolerance) -> ImageMatch:
     """Pair one image's detections (rows of 6) greedily in the source's score order by class and IoU."""
     out = ImageMatch()
     iou = box_iou(ref[:, :4], got[:, :4]) if len(ref) and len(got) else np.zeros((len(ref), len(got)))
-    iou = np.where(ref[:, None, 5] == got[None, :, 5], iou, -1.0) if iou.size else iou
+    same_class = np.rint(ref[:, None, 5]) == np.rint(got[None, :, 5])  # class ids carried as floats
+    iou = np.where(same_class, iou, -1.0) if iou.size else iou
     taken = np.zeros(len(got), dtype=bool)
     paired_ref = np.zeros(len(ref), dtype=bool)
     for i in np.argsort(-ref[:, 4], kind="stable"):
