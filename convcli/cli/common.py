@@ -54,7 +54,8 @@ def handle_errors(fn: F) -> F:
 DIVERGENCE_HELP = ("Seconds each row that fails parity may spend locating the first diverging layer (default 60; "
                    "0: off). Passing rows never pay for it.")
 OUTPUT_KIND_HELP = ("NAME:KIND, how an output is judged: logits|probabilities (top-1), embedding (cosine), "
-                    "regression|boxes (elementwise); e.g. --output-kind output:embedding")
+                    "regression|boxes (elementwise), segmentation (per-pixel top-1), detections (paired by "
+                    "class and IoU; rows [x1,y1,x2,y2,score,class]); e.g. --output-kind output:embedding")
 
 
 def echo_command() -> str:

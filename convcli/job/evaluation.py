@@ -189,7 +189,7 @@ class Evaluation:
         tol = self.tolerances[artifact.precision]  # every Precision has a default: never an empty Tolerance
         names = artifact.output_names or self.outputs
         try:
-            parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref))
+            parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref), (ref.rows, got.rows))
         except Exception as exc:  # an output compare cannot handle is this row's error, never the run's crash
             row = ArtifactReport(**common, status="error", error=f"comparing the outputs failed: {first_line(exc)}")
             self._end(f"measure {entry.id}", False, row.error or "")
@@ -197,7 +197,9 @@ class Evaluation:
         if self.spec.divergence_budget > 0:  # two indices, not the outputs: passing rows hold no extra memory
             from convcli.parity.divergence import worst_samples
 
-            self._worst[entry.id] = worst_samples(ref.outputs, got.outputs)
+            samples = next(iter(data.parity.inputs.values())).shape[0]
+            # An output whose first dim is not the batch (detections) cannot say which sample is worst.
+            self._worst[entry.id] = [i for i in worst_samples(ref.outputs, got.outputs) if i < samples]
         row = ArtifactReport(**common, status="passed", runner=got.runner, parity=parity, accuracy=got.accuracy)
         self._end(f"measure {entry.id}", True)  # the verdict (tolerances, gates) is the report's
         return Pending(row, entry.key, session)

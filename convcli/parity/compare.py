@@ -17,9 +17,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-OutputKind = Literal["logits", "probabilities", "embedding", "regression", "boxes"]
-OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "embedding", "regression", "boxes")
+OutputKind = Literal["logits", "probabilities", "embedding", "regression", "boxes", "detections", "segmentation"]
+OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities", "embedding", "regression", "boxes", "detections",
+                                 "segmentation")
 CLASSIFIER_KINDS = ("logits", "probabilities")
+# Kinds whose argmax is judged by min_top1: a segmentation output is a classifier per pixel (argmax over axis 1).
+TOP1_KINDS = (*CLASSIFIER_KINDS, "segmentation")
 # An output with no declared kind is judged as a classifier (top-1) only on evidence: the labelled set's accuracy
 # is computed on it, its rows are probability distributions, or its name says so. Shape alone is no evidence: a
 # (N, 384) sentence embedding and (N, 384) logits look the same.
@@ -41,11 +44,23 @@ class Tolerance(BaseModel):
                                    "reordering, fp16's and bf16's rounding).")
     min_cosine: float | None = Field(default=None, description="Lowest per-sample cosine similarity allowed.")
     min_top1: float | None = Field(default=None, description="Lowest top-1 agreement for classifier outputs "
-                                                             "(kinds logits and probabilities).")
+                                                             "(kinds logits and probabilities; per pixel for "
+                                                             "segmentation).")
     max_rel_l2: float | None = Field(
         default=None, description="Largest relative L2 error ||a-b|| / ||ref|| over the whole output: the size "
                                   "check for precisions without an elementwise limit (cosine cannot see a scale "
                                   "error, and a one-value-per-sample output has cosine +-1).")
+    det_match_iou: float = Field(default=0.5, gt=0, le=1, description="detections kind: the IoU a source "
+                                 "detection and an artifact detection of the same class need to be paired.")
+    det_min_iou: float | None = Field(default=None, description="detections kind: lowest IoU allowed between "
+                                      "paired detections (how far a box may move).")
+    det_max_score_diff: float | None = Field(
+        default=None, description="detections kind: largest score difference of paired detections, "
+                                  "x max(1, |score|); also the margin within which a detection near the lowest "
+                                  "score kept may appear or disappear (excused, counted).")
+    det_min_matched: float | None = Field(
+        default=None, description="detections kind: lowest share of each side's detections, those near the "
+                                  "lowest score kept excepted, that must find a pair on the other side.")
 
 
 # fp32: conversions should be numerically exact up to kernel reordering, whose error is a few float32 roundings
@@ -61,10 +76,14 @@ class Tolerance(BaseModel):
 # 8x fp16's, so its elementwise and cosine limits are looser than fp16's (OpenVINO bf16 on an fp32 IR measured
 # about 2e-2 off on logits of magnitude ~5, cosine 0.9999 on ResNet-18); top-1 and accuracy drop stay fp16's.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3, atol_per_range=True, min_cosine=0.9999),
-    "fp16": Tolerance(atol=1e-2, rtol=1e-2, atol_per_range=True, min_cosine=0.999, min_top1=0.95),
-    "bf16": Tolerance(atol=5e-2, rtol=5e-2, atol_per_range=True, min_cosine=0.995, min_top1=0.95),
-    "int8": Tolerance(atol=None, min_cosine=0.98, min_top1=0.9, max_rel_l2=0.3),
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, atol_per_range=True, min_cosine=0.9999,
+                      det_min_iou=0.9, det_max_score_diff=1e-3, det_min_matched=1.0),
+    "fp16": Tolerance(atol=1e-2, rtol=1e-2, atol_per_range=True, min_cosine=0.999, min_top1=0.95,
+                      det_min_iou=0.8, det_max_score_diff=1e-2, det_min_matched=1.0),
+    "bf16": Tolerance(atol=5e-2, rtol=5e-2, atol_per_range=True, min_cosine=0.995, min_top1=0.95,
+                      det_min_iou=0.7, det_max_score_diff=3e-2, det_min_matched=0.98),
+    "int8": Tolerance(atol=None, min_cosine=0.98, min_top1=0.9, max_rel_l2=0.3,
+                      det_min_iou=0.5, det_max_score_diff=0.1, det_min_matched=0.9),
 }
 
 
@@ -81,14 +100,15 @@ def merge_tolerance(precision: str, override: Tolerance | None) -> Tolerance:
 class KindChoice(BaseModel):
     """How one output is judged, and why: declared by the user, or assumed from evidence (said in the report)."""
 
-    kind: str = Field(description="logits, probabilities, embedding, regression, boxes, or 'tensor' (no kind "
-                                  "known: elementwise and cosine, top-1 not judged).")
+    kind: str = Field(description="logits, probabilities, embedding, regression, boxes, detections, "
+                                  "segmentation, or 'tensor' (no kind known: elementwise and cosine, top-1 not "
+                                  "judged).")
     declared: bool = False
     reason: str = ""
 
     @property
     def judges_top1(self) -> bool:
-        return self.kind in CLASSIFIER_KINDS
+        return self.kind in TOP1_KINDS
 
 
 def assume_kind(name: str, ref: np.ndarray, declared: str | None = None,
@@ -111,6 +131,26 @@ def assume_kind(name: str, ref: np.ndarray, declared: str | None = None,
                                             f"not judged; declare --output-kind {name}:logits to judge it")
 
 
+class DetectionMetrics(BaseModel):
+    """How the artifact's detections pair with the source's (kind ``detections``, ``parity/detections.py``)."""
+
+    groups: int = Field(description="Images compared (one per fed batch for a (K, 6) output, one per sample "
+                                    "for (N, K, 6)); detections are only paired within an image.")
+    source: int = Field(description="Source detections, over all images.")
+    artifact: int = Field(description="Artifact detections, over all images.")
+    matched: int = Field(description="Pairs: same class, IoU >= det_match_iou, greedy in the source's score order.")
+    recall: float | None = Field(default=None, description="Share of the source's detections (near-threshold "
+                                                           "ones excepted) that have a pair.")
+    precision: float | None = Field(default=None, description="Share of the artifact's detections "
+                                                              "(near-threshold ones excepted) that have a pair.")
+    min_iou: float | None = Field(default=None, description="Lowest IoU of a pair.")
+    max_score_diff: float | None = Field(default=None, description="Largest |score difference| of a pair.")
+    near_threshold: int = Field(default=0, description="Unpaired detections (either side) whose score is within "
+                                                       "det_max_score_diff of the image's lowest kept score: "
+                                                       "they may cross the model's threshold or top-K cut, so "
+                                                       "they are excused, not failed.")
+
+
 class OutputParity(BaseModel):
     name: str
     shape: list[int]
@@ -126,6 +166,8 @@ class OutputParity(BaseModel):
                                                           "two best scores are within the elementwise tolerance "
                                                           "(a tie the artifact may break either way): not counted "
                                                           "against top-1 agreement.")
+    detections: DetectionMetrics | None = Field(default=None, description="Kind detections: pairing metrics "
+                                                                          "(elementwise metrics are not computed).")
     abs_err_quantiles: dict[str, float] = Field(
         default_factory=dict, description="Distribution of |artifact - source| over all values: p50, p90, p99, max.")
     passed: bool
@@ -201,9 +243,15 @@ def degenerate_reasons(r: np.ndarray, atol: float | None) -> list[str]:
 
 
 def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
-                   kind: KindChoice | None = None) -> OutputParity:
+                   kind: KindChoice | None = None, rows: tuple[list[int], list[int]] | None = None) -> OutputParity:
+    """One output judged by its kind. ``rows``: how many rows each fed batch contributed to the source's and the
+    artifact's output (``parity.evaluate.run_batches``); kind ``detections`` pairs detections within each batch."""
     kind = kind or assume_kind(name, ref)
     head: dict[str, Any] = dict(name=name, shape=list(ref.shape), kind=kind.kind, kind_reason=kind.reason)
+    if kind.kind == "detections":
+        from convcli.parity.detections import compare_detections
+
+        return OutputParity(**head, **compare_detections(name, ref, got, tol, rows))
     if ref.shape != got.shape:
         return OutputParity(**head, passed=False,
                             problems=[f"shape {tuple(got.shape)} differs from the source's {tuple(ref.shape)}"])
@@ -231,9 +279,13 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     if tol.atol is not None:
         atol = tol.atol * max(1.0, float(np.abs(r).max()) if r.size else 1.0) if tol.atol_per_range else tol.atol
     top1, ties = None, 0
-    if ref.ndim == 2 and ref.shape[1] > 1 and ref.shape[0] and np.issubdtype(ref.dtype, np.floating):
-        agree = r.argmax(axis=1) == g.argmax(axis=1)
-        top2 = np.partition(r, -2, axis=1)[:, -2:]
+    rs, gs = r, g
+    if kind.kind == "segmentation" and ref.ndim >= 3 and ref.shape[1] > 1:  # (N, C, ...): argmax per pixel
+        rs = np.moveaxis(r, 1, -1).reshape(-1, ref.shape[1])
+        gs = np.moveaxis(g, 1, -1).reshape(-1, ref.shape[1])
+    if rs.ndim == 2 and rs.shape[1] > 1 and rs.shape[0] and np.issubdtype(ref.dtype, np.floating):
+        agree = rs.argmax(axis=1) == gs.argmax(axis=1)
+        top2 = np.partition(rs, -2, axis=1)[:, -2:]
         # The source's own near-ties: a difference this small is within what the precision may change anyway.
         tie = atol + tol.rtol * np.abs(top2[:, 1]) if atol is not None else 0.01 * float(np.abs(r).max())
         excused = ~agree & (top2[:, 1] - top2[:, 0] <= tie)
@@ -271,20 +323,26 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
 
 
 def compare_outputs(names: list[str], ref: list[np.ndarray], got: list[np.ndarray], tol: Tolerance,
-                    kinds: list[KindChoice] | None = None) -> ParityResult:
-    """Compare positionally; one combined message lists every failing output."""
+                    kinds: list[KindChoice] | None = None,
+                    rows: tuple[list[list[int]], list[list[int]]] | None = None) -> ParityResult:
+    """Compare positionally; one combined message lists every failing output. ``rows``: per output, the rows
+    each fed batch contributed, on the source's and the artifact's side (kind ``detections`` needs them)."""
     samples = ref[0].shape[0] if ref and ref[0].ndim else 1
     if len(ref) != len(got):
         return ParityResult(passed=False, samples=samples, tolerance=tol,
                             message=f"artifact returns {len(got)} outputs, the source {len(ref)}")
     chosen: list[KindChoice | None] = list(kinds) if kinds is not None else [None] * len(ref)
-    outs = [compare_output(n, r, g, tol, k) for n, r, g, k in zip(names, ref, got, chosen, strict=True)]
+    per_output: list[tuple[list[int], list[int]] | None] = [None] * len(ref)
+    if rows is not None and len(rows[0]) == len(rows[1]) == len(ref):
+        per_output = list(zip(rows[0], rows[1], strict=True))
+    outs = [compare_output(n, r, g, tol, k, w)
+            for n, r, g, k, w in zip(names, ref, got, chosen, per_output, strict=True)]
 
     def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
         vals = [getattr(o, attr) for o in outs if getattr(o, attr) is not None]
         return fn(vals) if vals else None
 
-    judged_top1 = [o.top1_agreement for o in outs if o.top1_agreement is not None and o.kind in CLASSIFIER_KINDS]
+    judged_top1 = [o.top1_agreement for o in outs if o.top1_agreement is not None and o.kind in TOP1_KINDS]
     failing = [f"{o.name}: {'; '.join(([o.nonfinite] if o.nonfinite else []) + o.problems)}"
                for o in outs if not o.passed]
     return ParityResult(

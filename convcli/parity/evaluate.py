@@ -19,10 +19,19 @@ from convcli.parity.data import DataSet
 from convcli.parity.latency import LatencyStats, Timer, time_round_robin
 
 
+def run_batches(session: Session, data: DataSet, batch: int) -> tuple[list[np.ndarray], list[list[int]]]:
+    """Outputs for every sample of ``data``, fed ``batch`` samples at a time, concatenated, and per output the
+    rows each fed batch contributed. An output whose first dim is not the batch (a detector's K detections of
+    one image) is concatenated all the same; the row counts let the comparison split it per batch again."""
+    parts = [session(feed) for feed in data.batches(batch)]
+    outputs = [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
+    rows = [[int(p[i].shape[0]) if np.ndim(p[i]) else 1 for p in parts] for i in range(len(parts[0]))]
+    return outputs, rows
+
+
 def run_dataset(session: Session, data: DataSet, batch: int) -> list[np.ndarray]:
     """Outputs for every sample of ``data``, fed ``batch`` samples at a time, concatenated."""
-    parts = [session(feed) for feed in data.batches(batch)]
-    return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
+    return run_batches(session, data, batch)[0]
 
 
 def latency_feed(data: DataSet, batch: int) -> dict[str, np.ndarray]:
@@ -40,6 +49,7 @@ class Measurement:
 
     runner: str
     outputs: list[np.ndarray]
+    rows: list[list[int]] = field(default_factory=list)  # per output, the rows each fed batch contributed
     accuracy: float | None = None
     latency: dict[int, LatencyStats] = field(default_factory=dict)
 
@@ -68,12 +78,12 @@ def open_session(registry: Registry, artifact: Artifact, threads: int) -> tuple[
 def evaluate_outputs(session: Session, runner: str, parity: DataSet, labelled: DataSet | None,
                      settings: EvalSettings) -> Measurement:
     """Outputs on the parity data and accuracy on the labelled set; latency is left to ``time_sessions``."""
-    outputs = run_dataset(session, parity, settings.parity_batch)
+    outputs, rows = run_batches(session, parity, settings.parity_batch)
     acc = None
     if labelled is not None and labelled.labels is not None:
         logits = run_dataset(session, labelled, settings.parity_batch)[0]
         acc = accuracy(logits, labelled.labels)
-    return Measurement(runner=session.description or runner, outputs=outputs, accuracy=acc)
+    return Measurement(runner=session.description or runner, outputs=outputs, rows=rows, accuracy=acc)
 
 
 Key = TypeVar("Key", bound=Hashable)

@@ -192,7 +192,8 @@ class JobSpec(Strict):
                                           "null disables a check.")
     outputs: dict[str, OutputKind] = Field(
         default_factory=dict, description="Declared kind per output name: logits/probabilities (top-1 judged), "
-                                          "embedding (cosine, no top-1), regression/boxes (elementwise). Undeclared "
+                                          "embedding (cosine, no top-1), regression/boxes (elementwise), segmentation "
+                                          "(per-pixel top-1), detections (paired by class and IoU). Undeclared "
                                           "outputs are judged as a classifier only on evidence (docs/cli.md).")
     strict: bool = Field(default=False, description="Fail rows whose reference output is degenerate (constant, "
                                                     "input-independent or too small to tell right from wrong) "

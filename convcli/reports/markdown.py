@@ -193,6 +193,19 @@ def output_kinds_line(report: Report) -> str:
     return "; ".join(f"{o.name}: {kind_text(o)}" for o in first.outputs) if first else ""
 
 
+def detections_lines(report: Report) -> list[str]:
+    """Per row and detections output: how the artifact's detections paired with the source's."""
+    lines = []
+    for a in report.artifacts:
+        for o in a.parity.outputs if a.parity else []:
+            if (d := o.detections) is None:
+                continue
+            iou = f", IoU >= {d.min_iou:.3f}, score diff <= {d.max_score_diff:.2g}" if d.min_iou is not None else ""
+            lines.append(f"{a.id}: {o.name}: {d.matched} pairs of {d.source} source / {d.artifact} artifact "
+                         f"detections in {d.groups} images{iou}, {d.near_threshold} near the lowest kept score")
+    return lines
+
+
 def tolerance_line(a: ArtifactReport) -> str:
     if not a.parity:
         return ""
@@ -366,6 +379,7 @@ def render_markdown(report: Report) -> str:
         lines.append(f"- Tolerances (effective, per row precision): {md_escape('; '.join(tols))}")
     if kinds := output_kinds_line(report):
         lines.append(f"- Outputs judged as: {md_escape(kinds)}")
+    lines += [f"- Detections: {md_escape(line)}" for line in detections_lines(report)]
     lines.append(f"- Machine: {md_escape(machine_line(report))}")
     if report.steps:
         lines.append("- Steps: " + ", ".join(f"{md_escape(st.name)} {st.seconds:.2f} s"

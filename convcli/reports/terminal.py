@@ -8,6 +8,7 @@ from rich.table import Table
 from convcli.reports.markdown import (
     DIVERGENCE_HEADERS,
     cached_note,
+    detections_lines,
     divergence_cells,
     divergence_note,
     fmt_ms,
@@ -99,6 +100,8 @@ def render_terminal(report: Report, console: Console) -> None:
         console.print(f"[dim]tolerances: {'; '.join(tols)}[/]", highlight=False)
     if kinds := output_kinds_line(report):
         console.print(f"[dim]outputs judged as: {kinds}[/]", highlight=False)
+    for line in detections_lines(report):
+        console.print(f"[dim]detections: {line}[/]", highlight=False)
     for a in report.artifacts:
         for line in ([a.error] if a.error else []) + a.failures:
             style = "yellow" if a.status == "unavailable" else "red"
