@@ -96,7 +96,6 @@ def test_bert_family_to_ncnn_names_the_integer_operators(cli, tmp_path: Path) ->
     assert "the ONNX route (OnnxFromPytorch + pnnx) failed too" in row["error"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("factory", ["tiny_distilbert", "tiny_roberta", "tiny_vit", "tiny_gpt2"])
 def test_other_families_reach_onnx_and_openvino(cli, tmp_path: Path, factory: str) -> None:
     out = tmp_path / "out"
