@@ -206,6 +206,19 @@ def detections_lines(report: Report) -> list[str]:
     return lines
 
 
+def fixed_shapes_line(report: Report) -> str:
+    """Which rows run at sizes fixed from the source's dynamic dims (TFLite: ``details["fixed shapes"]``), e.g.
+    ``tflite-fp32: input_ids batch=1 seq=16``: such an artifact accepts those sizes only. "" when none."""
+    rows = []
+    for a in report.artifacts:
+        fixed = a.details.get("fixed shapes")
+        if isinstance(fixed, dict) and fixed:
+            rows.append(f"{a.id}: " + ", ".join(
+                f"{name} " + " ".join(f"{dim}={size}" for dim, size in dims.items())
+                for name, dims in fixed.items() if isinstance(dims, dict)))
+    return "; ".join(rows)
+
+
 def tolerance_line(a: ArtifactReport) -> str:
     if not a.parity:
         return ""
@@ -380,6 +393,8 @@ def render_markdown(report: Report) -> str:
     if kinds := output_kinds_line(report):
         lines.append(f"- Outputs judged as: {md_escape(kinds)}")
     lines += [f"- Detections: {md_escape(line)}" for line in detections_lines(report)]
+    if fixed := fixed_shapes_line(report):
+        lines.append(f"- Dynamic dims fixed (these artifacts take only these sizes): {md_escape(fixed)}")
     lines.append(f"- Machine: {md_escape(machine_line(report))}")
     if report.steps:
         lines.append("- Steps: " + ", ".join(f"{md_escape(st.name)} {st.seconds:.2f} s"

@@ -11,6 +11,7 @@ from convcli.reports.markdown import (
     detections_lines,
     divergence_cells,
     divergence_note,
+    fixed_shapes_line,
     fmt_ms,
     output_kinds_line,
     path_window,
@@ -102,6 +103,9 @@ def render_terminal(report: Report, console: Console) -> None:
         console.print(f"[dim]outputs judged as: {kinds}[/]", highlight=False)
     for line in detections_lines(report):
         console.print(f"[dim]detections: {line}[/]", highlight=False)
+    if fixed := fixed_shapes_line(report):
+        console.print(f"[dim]dynamic dims fixed (these artifacts take only these sizes): {fixed}[/]",
+                      highlight=False)
     for a in report.artifacts:
         for line in ([a.error] if a.error else []) + a.failures:
             style = "yellow" if a.status == "unavailable" else "red"

@@ -58,23 +58,27 @@ def probe_outputs(model: Any, specs: list[TensorSpec], where: str) -> list[str]:
     return default_output_names(len(flatten_outputs(out)))
 
 
-def _declared(module: Any, name: str) -> list[str] | None:
-    """A module-level list of strings (CONVCLI_INPUTS / CONVCLI_OUTPUTS), or None."""
-    value = getattr(module, name, None)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
+def _declared(owners: tuple[Any, ...], name: str) -> list[str] | None:
+    """The first list of strings named ``name`` (CONVCLI_INPUTS / CONVCLI_OUTPUTS) on ``owners``, or None."""
+    for owner in owners:
+        value = getattr(owner, name, None)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            return list(value)
     return None
 
 
-def _module_inputs(module: Any) -> list[TensorSpec] | None:
-    declared = _declared(module, "CONVCLI_INPUTS")
+def _declared_inputs(owners: tuple[Any, ...]) -> list[TensorSpec] | None:
+    declared = _declared(owners, "CONVCLI_INPUTS")
     return [parse_input_spec(t) for t in declared] if declared else None
 
 
 class PytorchFactoryLoader(SourceLoader):
     """``path/to/file.py:factory`` or ``package.module:factory``: a callable returning an nn.Module.
 
-    A module may declare ``CONVCLI_INPUTS = ["x:batch=2x1x8x8:float32"]`` so users need no ``--input``.
+    A module may declare ``CONVCLI_INPUTS = ["x:batch=2x1x8x8:float32"]`` so users need no ``--input``; the
+    model the factory returns may carry its own (an attribute, read first), so that one module can hold
+    factories with different inputs (``recipes/models/hf_transformers.py``: a vocabulary per model). The same
+    goes for ``CONVCLI_OUTPUTS`` (output names).
     """
 
     name = "pytorch-factory"
@@ -112,11 +116,11 @@ class PytorchFactoryLoader(SourceLoader):
         if request.weights is not None:
             load_weights(model, request.weights)
         model.eval()
-        specs = request.inputs or _module_inputs(module)
+        specs = request.inputs or _declared_inputs((model, module))
         if not specs:
             raise InputError(f"{request.spec}: input shapes are unknown",
                              hint="give --input NAME:SHAPE:DTYPE, e.g. --input x:batch=2x3x224x224:float32")
-        outputs = _declared(module, "CONVCLI_OUTPUTS") or probe_outputs(model, specs, request.spec)
+        outputs = _declared((model, module), "CONVCLI_OUTPUTS") or probe_outputs(model, specs, request.spec)
         # Size on disk of a factory source is its weights file; without one, the report shows parameters only.
         return Artifact(format="pytorch", path=None, inputs=specs, output_names=list(outputs), obj=model,
                         files=[request.weights] if request.weights else [],
