@@ -329,6 +329,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode if proc.returncode is not None else -9
 
 
+def options_for(entry: ZooEntry, options: Sequence[str]) -> list[str]:
+    """The ``-O`` options that concern this entry: convcli refuses ``-O FORMAT.KEY=VALUE`` for a format none of the
+    entry's targets has (a typo guard), so one run over a mixed zoo (``-O tflite.timeout_s=300``) passes
+    ``tflite.*`` only to entries with a TFLite target. Step-named options (``TfliteFromOnnx.KEY``) always go."""
+    formats = {t.strip().split("@")[0].split(":")[0] for t in entry.targets.split(",")}
+    return [o for o in options if not o.split(".", 1)[0].islower() or o.split(".", 1)[0] in formats]
+
+
 def run_entry(entry: ZooEntry, results: Path, samples: int, options: Sequence[str], timeout_s: float,
               keep_artifacts: bool, zoo: str = "") -> dict[str, Any]:
     """Convert one entry and write RESULTS/<name>.json (plus reports/<name>.json and logs/<name>.log)."""
@@ -341,7 +349,7 @@ def run_entry(entry: ZooEntry, results: Path, samples: int, options: Sequence[st
            "-o", str(outdir), "--no-latency", "--samples", str(samples)]
     for spec in entry.inputs:
         cmd += ["--input", spec]
-    for opt in options:
+    for opt in options_for(entry, options):
         cmd += ["-O", opt]
     cmd += entry.extra
     log = results / "logs" / f"{entry.name}.log"

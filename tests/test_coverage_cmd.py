@@ -116,6 +116,15 @@ def test_shard_and_selection_errors() -> None:
         "efficientnet_b0" and len(picked) == len({e.family for e in entries})
 
 
+def test_format_options_reach_only_entries_with_that_format() -> None:
+    entry = coverage.ZooEntry.model_validate({**TINY, "targets": "onnx,tflite@TfliteFromOnnxDirect:fp32"})
+    options = ["tflite.timeout_s=300", "ncnn.timeout_s=9", "TfliteFromOnnx.keep_nchw=true", "onnx.opset=18"]
+    assert coverage.options_for(entry, options) == ["tflite.timeout_s=300", "TfliteFromOnnx.keep_nchw=true",
+                                                    "onnx.opset=18"]
+    onnx_only = coverage.ZooEntry.model_validate(TINY)
+    assert coverage.options_for(onnx_only, options) == ["TfliteFromOnnx.keep_nchw=true", "onnx.opset=18"]
+
+
 # -- real runs ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
