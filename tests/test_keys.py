@@ -3,6 +3,7 @@ framework versions of the source loader, convcli's own code."""
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,16 @@ def test_every_key_carries_convclis_code_hash_not_its_version(monkeypatch: pytes
     monkeypatch.setattr(convcli, "__version__", "9.9.9")
     monkeypatch.setattr(cache, "_CODE_DIGEST", digest)
     assert cache.make_key("step", "x") == key
+
+
+def test_source_key_carries_the_versions_of_what_the_factory_imports(tmp_path: Path) -> None:
+    """transformers' random initialisation can change between releases; the file hashes cannot see that."""
+    from convcli.job.keys import imported_versions
+
+    (tmp_path / "factory.py").write_text("import os\nimport torch.nn as nn\nfrom transformers import BertConfig\n"
+                                         "from . import helper\nfrom helper import x\n")
+    (tmp_path / "helper.py").write_text("import numpy as np\nx = 1\n")
+    (tmp_path / "broken.py").write_text("def (:\n")
+    found = imported_versions(sorted(tmp_path.glob("*.py")))
+    assert set(found) == {"torch", "transformers", "numpy"}
+    assert found["transformers"] == importlib.metadata.version("transformers")

@@ -33,12 +33,35 @@ def source_key(spec: JobSpec, loader: type[SourceLoader]) -> str:
         path = Path(target)
         files["model"] = file_digest(path)
         if path.suffix == ".py" and path.parent.is_dir():
-            for py in sorted(path.parent.glob("*.py")):
+            beside = sorted(path.parent.glob("*.py"))
+            for py in beside:
                 files[py.name] = file_digest(py)
+            files["imports"] = make_key("imports", imported_versions(beside))
     else:
         files["module"] = module_digest(target) or target
     return make_key("source", loader.name, text, files, file_digest(spec.source.weights),
                     spec.source.inputs, source_versions(loader))
+
+
+def imported_versions(paths: list[Path]) -> dict[str, str]:
+    """Versions of the installed distributions the factory files import (``import transformers``): a model built
+    by a library (random initialisation included) changes with the library's version, which the files' hashes
+    cannot see. Read with ``ast``, nothing imported; modules without a distribution (the standard library, the
+    files beside) are left out."""
+    import ast
+
+    names: set[str] = set()
+    for path in paths:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return {n: v for n in sorted(names) if (v := package_version(n)) is not None}
 
 
 def module_digest(dotted: str) -> str | None:
