@@ -34,7 +34,7 @@ from convcli.core.errors import ConversionError
 from convcli.core.isolation import run_python, run_tool
 from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
-from convcli.core.step import Availability, Converter, StepContext, check_packages
+from convcli.core.step import Availability, Converter, KindsFor, StepContext, check_packages
 from convcli.core.tensors import TensorSpec
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
 
@@ -258,7 +258,7 @@ class PnnxConverter(Converter):
         refs = {case: self.reference(artifact, feed, ctx) for case, feed in feeds.items()}
         shapes = {n: list(r.shape) for n, r in zip(artifact.output_names, refs["example sizes"], strict=True)}
         got = self._run_ncnn(param, weights, opts.precision, ctx, blobs, shapes, feeds)
-        checks = self._judge(artifact.output_names, refs, got, opts.precision, where)
+        checks = self._judge(artifact.output_names, refs, got, opts.precision, where, ctx.kinds)
 
         final_param, final_bin = ctx.workdir / "model.param", ctx.workdir / "model.bin"
         os.replace(param, final_param)
@@ -303,12 +303,12 @@ class PnnxConverter(Converter):
 
     @staticmethod
     def _judge(names: list[str], refs: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]],
-               precision: str, where: str) -> dict[str, Any]:
+               precision: str, where: str, kinds: KindsFor | None = None) -> dict[str, Any]:
         """Record each case; a disagreement at a second dynamic size (where parity never looks) is an error."""
         tol = DEFAULT_TOLERANCES[precision]
         checks: dict[str, Any] = {}
         for case, ref in refs.items():
-            result = compare_outputs(names, ref, got[case], tol)
+            result = compare_outputs(names, ref, got[case], tol, kinds(names, ref) if kinds else None)
             checks[case] = {"max_abs_err": result.max_abs_err, "passed": result.passed}
             if case != "example sizes" and not result.passed and checks["example sizes"]["passed"]:
                 raise ConversionError(f"{where}: the ncnn model disagrees with the source at {case}: "

@@ -21,7 +21,7 @@ from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
 from convcli.core.quiet import quiet
 from convcli.core.registry import Registry
-from convcli.core.step import Converter, StepContext
+from convcli.core.step import Converter, KindsFor, StepContext
 from convcli.core.tensors import TensorSpec
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
 from convcli.sources.torch_sources import example_tensors, flatten_outputs
@@ -79,7 +79,8 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], path: Path, specs: li
                       opset_version=opset or 17, do_constant_folding=True)
 
 
-def verify_export(model: Any, path: Path, specs: list[TensorSpec], threads: int, check_dynamic: bool) -> dict[str, Any]:
+def verify_export(model: Any, path: Path, specs: list[TensorSpec], threads: int, check_dynamic: bool,
+                  kinds: KindsFor | None = None) -> dict[str, Any]:
     """Run the ONNX file with ORT at the example sizes and at a second size of every dynamic dim.
 
     Raises ConversionError naming the sizes where ONNX and PyTorch disagree.
@@ -103,7 +104,8 @@ def verify_export(model: Any, path: Path, specs: list[TensorSpec], threads: int,
         except Exception as exc:
             raise ConversionError(f"exported ONNX fails at {_sizes_text(overrides)}: {first_line(exc)}") from None
         names = [o.name for o in session.get_outputs()]
-        result = compare_outputs(names, ref, [np.asarray(g) for g in got], DEFAULT_TOLERANCES["fp32"])
+        result = compare_outputs(names, ref, [np.asarray(g) for g in got], DEFAULT_TOLERANCES["fp32"],
+                                 kinds(names, ref) if kinds else None)
         checks[_sizes_text(overrides)] = {"max_abs_err": result.max_abs_err, "passed": result.passed}
         if not result.passed:
             hint = ("a size was probably baked in at export" if overrides else
@@ -170,7 +172,7 @@ class OnnxFromPytorch(Converter):
                     else:
                         _export_torchscript(model, args, path, specs, artifact.output_names, opts.opset)
                 checks = verify_export(self.reference_model(artifact), path, specs, ctx.threads,
-                                       opts.check_dynamic)
+                                       opts.check_dynamic, ctx.kinds)
             except Exception as exc:
                 notes[exporter] = f"failed: {first_line(exc, 240)}"
                 continue

@@ -21,7 +21,7 @@ from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
 from convcli.core.quiet import quiet
 from convcli.core.registry import Registry
-from convcli.core.step import Converter, StepContext
+from convcli.core.step import Converter, KindsFor, StepContext
 from convcli.core.tensors import TensorSpec, numpy_dtype
 from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
 from convcli.runners.openvino_runner import compile_cpu, match_outputs, require_openvino
@@ -59,7 +59,7 @@ def _sizes_text(overrides: dict[str, int]) -> str:
 
 
 def verify_ir(model: Any, reference: Any, specs: list[TensorSpec], outputs: list[str], threads: int,
-              check_dynamic: bool, where: str) -> dict[str, Any]:
+              check_dynamic: bool, where: str, kinds: KindsFor | None = None) -> dict[str, Any]:
     """Run the in-memory IR (f32) and PyTorch on seeded inputs at each size; ConversionError on a mismatch."""
     torch = require("torch")
     compiled = compile_cpu(model, threads)
@@ -75,8 +75,8 @@ def verify_ir(model: Any, reference: Any, specs: list[TensorSpec], outputs: list
             raise ConversionError(f"{where}: the OpenVINO model fails at {_sizes_text(overrides)}: "
                                   f"{first_line(exc)}") from None
         got = [np.asarray(res[compiled.outputs[i]]) for i in order]
-        result = compare_outputs(outputs or [f"output_{i}" for i in range(len(ref))], ref, got,
-                                 DEFAULT_TOLERANCES["fp32"])
+        names = outputs or [f"output_{i}" for i in range(len(ref))]
+        result = compare_outputs(names, ref, got, DEFAULT_TOLERANCES["fp32"], kinds(names, ref) if kinds else None)
         checks[_sizes_text(overrides)] = {"max_abs_err": result.max_abs_err, "passed": result.passed}
         if not result.passed:
             raise ConversionError(f"{where}: the OpenVINO model disagrees with PyTorch at {_sizes_text(overrides)}: "
@@ -118,7 +118,7 @@ class OpenvinoFromPytorch(Converter):
                                        "(--to openvino) may convert it") from None
         _name_ports(model, artifact.inputs, artifact.output_names)
         checks = verify_ir(model, self.reference_model(artifact), artifact.inputs, artifact.output_names,
-                           ctx.threads, opts.check_dynamic, where)
+                           ctx.threads, opts.check_dynamic, where, ctx.kinds)
         result = save_ir(model, artifact.inputs, artifact.output_names, opts.precision, ctx, where)
         result.details = {**result.details, "export_checks": checks}
         return result

@@ -78,7 +78,8 @@ def execute(plan: Plan, source: Callable[[], Artifact], workdir: Path, context: 
         folder.mkdir(parents=True, exist_ok=True)
         ctx = StepContext(workdir=folder, threads=context.threads, calibration_source=context.calibration_source,
                           validation_source=context.validation_source,
-                          timeout_s=context.timeout_s, debug=context.debug, cache_dir=context.cache_dir)
+                          timeout_s=context.timeout_s, debug=context.debug, cache_dir=context.cache_dir,
+                          output_kinds=context.output_kinds)
         progress.begin(label)
         start = time.perf_counter()
         try:

@@ -49,6 +49,10 @@ def check_packages(requires: tuple[str, ...]) -> Availability:
     return Availability(True, "", versions)
 
 
+# How a step's own check learns each output's kind: (output names, reference arrays) -> KindChoice per output.
+KindsFor = Callable[[list[str], list[Any]], list[Any]]
+
+
 @dataclass
 class StepContext:
     """What a step may use while it runs: its own empty work folder, thread count, data, limits."""
@@ -60,7 +64,17 @@ class StepContext:
     timeout_s: float = 900.0
     debug: bool = False
     cache_dir: Path | None = None  # convcli's cache folder (None: caching off), for a tool's own caches
+    # Output name -> declared kind (--output-kind, recipe outputs:): a step's own check judges each output as the
+    # job will (detections pair by IoU; an elementwise check would reject a correct export whose near-tied
+    # detections come out in another order).
+    output_kinds: dict[str, str] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
+
+    def kinds(self, names: list[str], refs: list[Any]) -> list[Any]:
+        """``compare_outputs``'s kinds for a step's own check: declared ones, else assumed as the judge would."""
+        from convcli.parity.compare import assume_kind
+
+        return [assume_kind(n, r, self.output_kinds.get(n)) for n, r in zip(names, refs, strict=False)]
 
     @property
     def calibration(self) -> DataSet | None:

@@ -86,7 +86,9 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
     calib_key = make_key("calibration", calib_key, spec.data.calibration_samples) if calib_key else None
     valid_key = make_key("validation", file_digest(spec.data.validation), spec.data.validation_samples,
                          spec.data.preprocess.model_dump(), split_key)
-    keys = step_keys(the_plan, src_key, calib_key, valid_key)
+    # Declared output kinds decide how steps check themselves (which exporter is kept): part of every step key.
+    keys = step_keys(the_plan, make_key("kinds", src_key, spec.outputs) if spec.outputs else src_key, calib_key,
+                     valid_key)
     data = LazyData(spec, inputs, split)
 
     output = spec.output.resolve()
@@ -96,7 +98,7 @@ def run_job(spec: JobSpec, registry: Registry | None = None, progress: ProgressS
         ctx = StepContext(workdir=workdir, threads=threads, debug=debug,
                           cache_dir=cache.root if cache.enabled else None,
                           calibration_source=lambda: data.get().calibration,
-                          validation_source=data.for_steps)
+                          validation_source=data.for_steps, output_kinds=dict(spec.outputs))
         outcomes = execute(the_plan, source.get, workdir / "steps", ctx, progress, cache, keys)
         staged = stage(the_plan, outcomes, source, workdir / "final")
         measure_base = make_key("measure", data_key(spec), split_key, settings.__dict__, spec.tolerances,

@@ -155,7 +155,7 @@ class ConvertOnnxFp16(Pass):
                 raise ConversionError(f"fp16 model {out.name} gives NaN/inf in output '{name}' where fp32 does not",
                                       hint="an activation overflows fp16 (65504): keep the op producing it in fp32 "
                                            "with -O ConvertOnnxFp16.keep_fp32_ops=[OpType] or keep_fp32_nodes")
-        check = compare_outputs(out_names, ref, got, DEFAULT_TOLERANCES["fp16"])
+        check = compare_outputs(out_names, ref, got, DEFAULT_TOLERANCES["fp16"], ctx.kinds(out_names, ref))
         fp16_inits = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
         details = {
             "converter": "onnxruntime.transformers.float16.convert_float_to_float16",

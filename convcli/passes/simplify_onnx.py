@@ -111,7 +111,7 @@ class SimplifyOnnx(Pass):
         data = random_data(artifact.inputs, samples, seed=2).inputs
         names, ref = _run(artifact.path, data, ctx.threads)
         _, got = _run(out, data, ctx.threads)
-        check = compare_outputs(names, ref, got, DEFAULT_TOLERANCES["fp32"])
+        check = compare_outputs(names, ref, got, DEFAULT_TOLERANCES["fp32"], ctx.kinds(names, ref))
         details = {"engine": opts.engine, "nodes_before": sum(before.values()), "nodes_after": sum(after.values()),
                    "ops_before": before, "ops_after": after,
                    "check_vs_unsimplified": {"max_abs_err": check.max_abs_err, "passed": check.passed}}
