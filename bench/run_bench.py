@@ -494,6 +494,9 @@ def write(state: dict[str, Any]) -> None:
     else:
         parts += carried("Cache") + carried("convcli overhead")
     parts.append(COVERAGE_POINTER)
+    tflite_paths = ROOT / "bench" / "tflite_paths.md"  # measured by bench/tflite_paths.py on its own
+    if tflite_paths.exists():
+        parts.append(tflite_paths.read_text().rstrip() + "\n")
     transformer_int8 = ROOT / "bench" / "transformer_int8.md"  # measured by bench/transformer_int8.py on its own
     if transformer_int8.exists():
         parts.append(transformer_int8.read_text().rstrip() + "\n")
