@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from convcli import __version__ as CONVCLI_VERSION  # noqa: E402
 from convcli.core.errors import ConvcliError, InputError  # noqa: E402
 from convcli.core.lazy import package_version  # noqa: E402
+from convcli.recipes.batch import parse_shard  # noqa: E402  (the same I/N as `convcli run --shard`)
 from convcli.recipes.loader import describe_error, loc_text, yaml_line  # noqa: E402
 
 TORCHVISION_ZOO = ROOT / "bench" / "zoo" / "torchvision.yaml"
@@ -192,13 +193,6 @@ params_m (parameters, millions, from the weights' metadata) only balances --shar
 
 
 # -- choosing what to run -----------------------------------------------------------------------------------
-
-def parse_shard(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise InputError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
-    return int(match.group(1)), int(match.group(2))
-
 
 def shard(entries: list[ZooEntry], index: int, count: int) -> list[ZooEntry]:
     """Shard ``index`` (1-based) of ``count``: disjoint, together complete, the same on every machine. Entries are
