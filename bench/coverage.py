@@ -392,7 +392,11 @@ def machine_text() -> str:
 
 
 def backend_versions() -> dict[str, str]:
-    return {"convcli": CONVCLI_VERSION, **{m: v for m in BACKENDS if (v := package_version(m))}}
+    from convcli.converters.onnx_to_tflite import onnx2tf_direct_version
+
+    direct = onnx2tf_direct_version()  # onnx2tf 2.x beside 1.x, in its own folder (TfliteFromOnnxDirect)
+    return {"convcli": CONVCLI_VERSION, **{m: v for m in BACKENDS if (v := package_version(m))},
+            **({"onnx2tf (direct)": direct} if direct else {})}
 
 
 def done(entry: ZooEntry, results: Path, samples: int, options: Sequence[str], timeout_s: float) -> bool:
@@ -426,7 +430,9 @@ def natural_key(text: str) -> list[Any]:
 
 
 def column_label(rid: str) -> str:
-    return rid.removesuffix("-fp32")
+    """'tflite-fp32' -> 'tflite'; a named path 'tflite-fp32@TfliteFromOnnxDirect' -> 'tflite @TfliteFromOnnxDirect'."""
+    label, _, via = rid.partition("@")
+    return label.removesuffix("-fp32") + (f" @{via}" if via else "")
 
 
 def input_text(spec: str, count: int) -> str:
