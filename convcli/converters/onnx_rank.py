@@ -38,6 +38,8 @@ from convcli.core.lazy import require
 
 MAX_RANK = 4
 PREFIX = "rank4_"  # names of the nodes and tensors this module adds
+UNARY = ("Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs", "Identity", "HardSwish",
+         "HardSigmoid", "LeakyRelu", "Elu", "Softplus", "Clip")
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "Greater", "Where")
 
 
@@ -146,16 +148,6 @@ class _Graph:
     def rank(self, name: str) -> int:
         return len(self.shapes.get(name, []))
 
-    def goes_away(self, name: str) -> bool:
-        """Whether lowering the op that makes ``name`` removes a tensor pnnx cannot hold: every user reshapes it
-        (so the high-rank view folds away), or it is above rank 4 even without a leading batch of 1 (which
-        pnnx drops: a 5-D tensor of batch 1 is 4-D in ncnn, and maxvit's 5-D attention converts as it is)."""
-        shape = self.shapes[name]
-        users = self.consumers.get(name, [])
-        if users and name not in self.outputs and all(u.op_type == "Reshape" and u.input[0] == name for u in users):
-            return True
-        return len(shape) - (shape[0] == 1) > MAX_RANK
-
     def static(self, name: str) -> bool:
         return name in self.shapes
 
@@ -214,7 +206,8 @@ def _gather_through_transpose(g: _Graph) -> str | None:
             gathered = g.node("Gather", [t.input[0], u.input[1]], [d for i, d in enumerate(src) if i != src_axis],
                               axis=src_axis)
             out_shape = [g.shapes[gathered.output[0]][p] for p in rest]
-            new += [gathered, g.onnx.helper.make_node("Transpose", gathered.output, [u.output[0]], name=g.name("transpose"),
+            new += [gathered, g.onnx.helper.make_node("Transpose", gathered.output, [u.output[0]],
+                                                      name=g.name("transpose"),
                                                       perm=rest)]
             g.shapes[u.output[0]] = out_shape
         g.replace([t, *users], new)
@@ -246,8 +239,6 @@ def _transpose(g: _Graph) -> str | None:
     for t in g.g.node:
         if t.op_type != "Transpose" or g.rank(t.input[0]) <= MAX_RANK or not g.static(t.output[0]):
             continue
-        if not g.goes_away(t.output[0]):
-            continue
         shape, perm = g.shapes[t.input[0]], list(g.attr(t, "perm"))
         reduced, rperm = merge_axes(shape, perm)
         steps = [(reduced, rperm)] if len(reduced) <= MAX_RANK else block_swaps(reduced, rperm)
@@ -273,7 +264,7 @@ def _elementwise(g: _Graph) -> str | None:
         if e.op_type not in ELEMENTWISE or g.rank(e.output[0]) <= MAX_RANK or not g.static(e.output[0]):
             continue
         out = g.shapes[e.output[0]]
-        if not all(g.static(i) for i in e.input) or not g.goes_away(e.output[0]):
+        if not all(g.static(i) for i in e.input):
             continue
         ins = [[1] * (len(out) - g.rank(i)) + g.shapes[i] for i in e.input]
         pattern = [tuple(s[k] == out[k] for s in ins) for k in range(len(out))]
@@ -303,6 +294,70 @@ def _elementwise(g: _Graph) -> str | None:
                                        [e.output[0]], name=g.name("reshape"))
         g.replace([e], [*new, op, back])
         return f"{len(out)}-D {e.op_type}: broadcast axes merged -> rank {len(small_out)}"
+    return None
+
+
+def _softmax(g: _Graph) -> str | None:
+    """Softmax over axis a of a tensor above rank 4, on the 3-D view ``(before a, a, after a)``."""
+    for e in g.g.node:
+        if e.op_type not in ("Softmax", "LogSoftmax") or g.rank(e.input[0]) <= MAX_RANK \
+                or not g.static(e.output[0]):
+            continue
+        shape = g.shapes[e.input[0]]
+        axis = g.attr(e, "axis", -1) % len(shape)
+        view = [int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:]))]
+        r = g.reshape(e.input[0], view)
+        op = g.node(e.op_type, r.output, view, axis=1)
+        back = g.onnx.helper.make_node("Reshape", [op.output[0], g.const(np.array(shape, np.int64), "shape")],
+                                       [e.output[0]], name=g.name("reshape"))
+        g.replace([e], [r, op, back])
+        return f"{len(shape)}-D {e.op_type}: on a 3-D view"
+    return None
+
+
+def _einsum(g: _Graph) -> str | None:
+    """An Einsum above rank 4 whose every term starts with the same index of size 1 (maxvit's attention,
+    ``B G H I D, B G H J D -> B G H I J`` at batch 1): the same Einsum without that index."""
+    for e in g.g.node:
+        if e.op_type != "Einsum" or g.rank(e.output[0]) <= MAX_RANK or not all(g.static(i) for i in e.input):
+            continue
+        equation = g.attr(e, "equation")
+        equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+        if "->" not in equation or "." in equation:
+            continue
+        lhs, rhs = equation.split("->")
+        terms = [*lhs.split(","), rhs]
+        lead = terms[0][:1]
+        if not lead or any(t[:1] != lead or lead in t[1:] for t in terms) \
+                or any(g.shapes[i][0] != 1 for i in e.input):
+            continue
+        new, names = [], []
+        for i in e.input:
+            r = g.reshape(i, g.shapes[i][1:])
+            new.append(r)
+            names.append(r.output[0])
+        out = g.shapes[e.output[0]]
+        op = g.node("Einsum", names, out[1:], equation=",".join(t[1:] for t in terms[:-1]) + "->" + rhs[1:])
+        back = g.onnx.helper.make_node("Reshape", [op.output[0], g.const(np.array(out, np.int64), "shape")],
+                                       [e.output[0]], name=g.name("reshape"))
+        g.replace([e], [*new, op, back])
+        return f"{len(out)}-D Einsum: batch index of size 1 dropped"
+    return None
+
+
+def _unary(g: _Graph) -> str | None:
+    """An elementwise op of one input above rank 4: on the flat tensor."""
+    for e in g.g.node:
+        if e.op_type not in UNARY or g.rank(e.output[0]) <= MAX_RANK or not g.static(e.output[0]):
+            continue
+        shape = g.shapes[e.output[0]]
+        r = g.reshape(e.input[0], [int(np.prod(shape))])
+        op = g.node(e.op_type, r.output, [int(np.prod(shape))],
+                    **{a.name: g.onnx.helper.get_attribute_value(a) for a in e.attribute})
+        back = g.onnx.helper.make_node("Reshape", [op.output[0], g.const(np.array(shape, np.int64), "shape")],
+                                       [e.output[0]], name=g.name("reshape"))
+        g.replace([e], [r, op, back])
+        return f"{len(shape)}-D {e.op_type}: on the flat tensor"
     return None
 
 
@@ -445,18 +500,22 @@ def _reshape_chain(g: _Graph) -> str | None:
 
 
 REWRITES: tuple[Callable[[_Graph], str | None], ...] = (
-    _arange_gather, _gather_through_transpose, _gather_one_index, _transpose, _elementwise, _strided_slice,
+    _arange_gather, _gather_through_transpose, _gather_one_index, _transpose, _elementwise, _softmax, _einsum,
+    _unary, _strided_slice,
     _expand_before_broadcast, _one_axis_reduce, _reshape_chain)
 
 
 def high_rank_ops(model: Any) -> list[str]:
-    """``op (rank r)`` for every node with an input or output above rank 4, or a Slice with steps."""
+    """``op (r-D) xN`` for the nodes with a tensor above rank 4, or a Slice with steps: what pnnx may not give
+    ncnn (it drops a leading batch of 1 from some ops, not from all: measured on maxvit's 5-D attention, whose
+    permutes it rejects in one export and converts in another). Empty when nothing is left."""
     g = _Graph(model)
     left = []
     for n in g.g.node:
-        rank = max([g.rank(x) for x in [*n.input, *n.output] if x], default=0)
-        if rank > MAX_RANK and n.op_type != "Constant":
-            left.append(f"{n.op_type} ({rank}-D)")
+        shapes = [g.shapes[x] for x in [*n.input, *n.output] if x in g.shapes]
+        over = [len(s) for s in shapes if len(s) > MAX_RANK]
+        if over and n.op_type != "Constant":
+            left.append(f"{n.op_type} ({max(over)}-D)")
         elif n.op_type == "Slice" and len(n.input) >= 5 and n.input[4] in g.consts \
                 and np.any(g.consts[n.input[4]] != 1):
             left.append("Slice (steps)")
@@ -474,4 +533,5 @@ def lower_rank(model: Any, limit: int = 10000) -> tuple[Any, dict[str, int]]:
                 break
         else:
             break
+    del model.graph.value_info[:]  # shapes of renamed or removed tensors; ONNX Runtime infers them again
     return model, dict(notes)
