@@ -160,3 +160,18 @@ def test_window_attention_models_convert_to_ncnn_through_the_lowered_onnx(cli, t
     assert lowering["input_shapes"] == ["x:1,3,32,32"]
     assert any("6-D Transpose" in k for k in lowering["rewrites"]), lowering
     assert not any("." in t or "::" in t for t in details["ncnn_layers"]), details["ncnn_layers"]
+
+
+def test_what_cannot_be_lowered_is_named_with_its_rank() -> None:
+    """A reduction over two axes of a 6-D view has no rewrite: it is left, and named as the error will name it."""
+    i64 = np.int64
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s6"], ["x6"]),
+         helper.make_node("ReduceSum", ["x6", "axes"], ["total"], keepdims=0)],
+        "left", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 6])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 2, 2, 6])],
+        [_const("s6", np.array([1, 2, 4, 2, 4, 6], i64)), _const("axes", np.array([2, 4], i64))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    lowered, rewrites = lower_rank(model)
+    assert rewrites == {}
+    assert high_rank_ops(lowered) == ["Reshape (6-D)", "ReduceSum (6-D)"]
