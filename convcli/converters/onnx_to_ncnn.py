@@ -14,6 +14,7 @@ transformer's ONNX with a dynamic sequence length) are caught by the child-proce
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +24,11 @@ import numpy as np
 
 from convcli.converters.torch_to_ncnn import PnnxConverter
 from convcli.core.artifact import Artifact
-from convcli.core.errors import ConversionError
+from convcli.core.errors import ConversionError, first_line
 from convcli.core.lazy import require
 from convcli.core.registry import Registry
 from convcli.core.step import StepContext
+from convcli.core.tensors import TensorSpec
 
 
 def _tensors(graph: Any) -> Iterator[Any]:
@@ -61,12 +63,15 @@ def external_data_files(path: Path) -> list[str]:
     return sorted(files)
 
 
-def prepare_for_pnnx(path: Path, dest: Path, where: str) -> dict[str, Any]:
+def prepare_for_pnnx(path: Path, dest: Path, where: str, specs: list[TensorSpec] | None = None,
+                     threads: int = 1) -> dict[str, Any]:
     """Write the ONNX at ``path`` to ``dest`` in a form pnnx does not crash on; return what was changed.
 
     Two measured traps, both a SIGSEGV inside pnnx after its embedded ONNX Runtime fails to load the model:
     external data (re-saved inline when under 2 GB, refused above) and an IR version above what that ONNX
     Runtime reads (lowered in the copy; the numeric check against the original file then proves the copy).
+    With ``specs``, a graph with tensors above rank 4 or strided slices is rewritten for ncnn's 4-D tensors
+    (``lower_rank_for_ncnn``).
     """
     onnx = require("onnx", "ONNX files")
     external = external_data_files(path)
@@ -91,7 +96,66 @@ def prepare_for_pnnx(path: Path, dest: Path, where: str) -> dict[str, Any]:
         onnx.save_model(model, str(dest))
     else:
         shutil.copyfile(path, dest)
+    if specs is not None and needs_rank_lowering(model):
+        notes["onnx_rank_lowering"] = lower_rank_for_ncnn(dest, specs, threads, where)
     return notes
+
+
+def needs_rank_lowering(model: Any) -> bool:
+    """Whether the graph has a tensor above rank 4 or a Slice with steps (ranks are known with a dynamic batch)."""
+    onnx = require("onnx", "ONNX files")
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    if any(len(v.type.tensor_type.shape.dim) > 4 for v in [*inferred.graph.value_info, *inferred.graph.output]):
+        return True
+    consts = {i.name: i for i in model.graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return any(n.op_type == "Slice" and len(n.input) >= 5 and n.input[4] in consts
+               and (onnx.numpy_helper.to_array(consts[n.input[4]]) != 1).any() for n in model.graph.node)
+
+
+def lower_rank_for_ncnn(dest: Path, specs: list[TensorSpec], threads: int, where: str) -> dict[str, Any]:
+    """Rewrite the ONNX at ``dest`` (pnnx's copy) for ncnn's tensors of at most 4 dims: shapes fixed at batch 1
+    (ncnn's; onnxslim folds the constants that depend on them), then ``onnx_rank.lower_rank``. The result must
+    compute what the copy computed: both run in ONNX Runtime on one random batch-1 input before pnnx sees it.
+    Returns what was done: the rewrites and their counts, the largest difference, what is left above rank 4."""
+    import contextlib
+    import io
+
+    onnx = require("onnx", "ONNX files")
+    onnxslim = require("onnxslim", "fixing ONNX input shapes for ncnn")
+    from convcli.converters.onnx_rank import high_rank_ops, lower_rank
+    from convcli.converters.torch_to_ncnn import batch_overrides, example_inputs
+    from convcli.runners.onnxruntime_runner import ort_session
+
+    batch = batch_overrides(specs)
+    other = sorted({d.name for s in specs for d in s.shape if d.name and d.name not in batch})
+    if other:
+        return {"skipped": f"dynamic dim(s) {', '.join(other)} other than the batch: the rewrite needs static "
+                           "shapes"}
+    shapes = [f"{s.name}:{','.join(str(n) for n in s.example_shape(batch))}" for s in specs]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = onnxslim.slim(str(dest), input_shapes=shapes)
+        model, rewrites = lower_rank(model)
+    except Exception as exc:
+        return {"skipped": f"rewrite failed: {type(exc).__name__}: {first_line(exc)}"}
+    left = high_rank_ops(model)
+    original = dest.with_name(dest.stem + ".before-rank-lowering.onnx")
+    os.replace(dest, original)
+    onnx.save_model(model, str(dest))
+    feed = example_inputs(specs, batch, seed=3)
+    want = ort_session(str(original), threads).run(None, feed)  # type: ignore[attr-defined]
+    got = ort_session(str(dest), threads).run(None, feed)  # type: ignore[attr-defined]
+    diff = max((float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+                for a, b in zip(want, got, strict=True)), default=0.0)
+    scale = max((float(np.max(np.abs(a))) for a in want if a.size), default=1.0)
+    if diff > 1e-6 * max(scale, 1.0):
+        raise ConversionError(f"{where}: lowering the ONNX graph to rank 4 for ncnn changed its outputs (max abs "
+                              f"difference {diff:.3g} in ONNX Runtime); this is a bug in convcli's rewrite",
+                              hint="convert to another target (onnx, openvino), and report the model")
+    original.unlink()
+    return {"input_shapes": shapes, "rewrites": rewrites, "ort_max_abs_diff": diff, "left_above_rank_4": left}
 
 
 class NcnnFromOnnx(PnnxConverter):
@@ -107,7 +171,7 @@ class NcnnFromOnnx(PnnxConverter):
     def write_pnnx_input(self, artifact: Artifact, dest: Path, ctx: StepContext) -> dict[str, Any]:
         if artifact.path is None or not artifact.path.is_file():
             raise ConversionError(f"ncnn target ({self.name}): the ONNX model file is missing")
-        return prepare_for_pnnx(artifact.path, dest, f"ncnn target ({self.name})")
+        return prepare_for_pnnx(artifact.path, dest, f"ncnn target ({self.name})", artifact.inputs, ctx.threads)
 
     def reference(self, artifact: Artifact, feed: dict[str, np.ndarray], ctx: StepContext) -> list[np.ndarray]:
         from convcli.runners.onnxruntime_runner import ort_session

@@ -245,7 +245,17 @@ class PnnxConverter(Converter):
         if ctx.debug:
             ctx.log.append(_ANSI.sub("", proc.stdout + proc.stderr))
 
-        layers = check_param(param, where)
+        try:
+            layers = check_param(param, where)
+        except ConversionError as exc:
+            lowering = notes.get("onnx_rank_lowering", {})
+            if lowering.get("left_above_rank_4"):
+                raise ConversionError(f"{exc.message}; left above rank 4 (ncnn's limit) after lowering the ONNX "
+                                      f"graph: {', '.join(lowering['left_above_rank_4'])}", hint=exc.hint) from None
+            if lowering.get("skipped"):
+                raise ConversionError(f"{exc.message}; the ONNX graph was not lowered to rank 4: "
+                                      f"{lowering['skipped']}", hint=exc.hint) from None
+            raise
         if not weights.is_file():
             raise ConversionError(f"{where}: pnnx wrote {param.name} but no {weights.name}")
         blobs = map_blobs(layers, specs, artifact.output_names, where)
@@ -394,7 +404,8 @@ class NcnnFromPytorch(PnnxConverter):
         if self._onnx_file is not None:
             from convcli.converters.onnx_to_ncnn import prepare_for_pnnx
 
-            return prepare_for_pnnx(self._onnx_file, dest, f"ncnn target ({self.name})")
+            return prepare_for_pnnx(self._onnx_file, dest, f"ncnn target ({self.name})", artifact.inputs,
+                                    ctx.threads)
         torch = require("torch")
         args = tuple(torch.from_numpy(a) for a in example_inputs(artifact.inputs,
                                                                 batch_overrides(artifact.inputs), 0).values())
