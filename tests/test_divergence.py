@@ -265,3 +265,32 @@ def test_the_simplified_onnx_keeps_only_the_metadata_localization_reads() -> Non
     assert kept["pkg.torch.onnx.stack_trace"] == ('File "/home/me/models/net.py", line 17, in forward\n'
                                                   '    return self.act(self.conv(x))')
     assert props[0].value == trace  # the original graph's metadata is not modified
+
+
+def test_a_whole_scale_mismatch_whose_consumers_agree_is_not_the_divergence(tmp_path: Path) -> None:
+    """Inception's parallel branches have same-shaped outputs; ncnn's structural matching once paired them
+    crosswise: each branch "differed" with cosine 0.3 while their Concat agreed. A divergence propagates."""
+    from onnx import TensorProto, helper
+
+    from convcli.core.intermediates import ReferenceGraph
+    from convcli.parity.divergence import TensorError, contradicted
+
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["x"], ["b"]),
+         helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Neg", ["c"], ["d"])], "g",
+        [info("x", TensorProto.FLOAT, [1, 4])], [info("d", TensorProto.FLOAT, [1, 8])])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    ref = ReferenceGraph(path)
+
+    def err(name: str, rel: float) -> TensorError:
+        return TensorError(tensor=name, rel_err=rel, diverged=rel > 1e-3)
+
+    swapped = {"a": err("a", 0.99), "b": err("b", 0.99), "c": err("c", 0.0)}
+    assert contradicted(ref, "a", swapped) and contradicted(ref, "b", swapped)
+    real = {"a": err("a", 0.99), "c": err("c", 0.5)}
+    assert not contradicted(ref, "a", real)  # it reached the Concat: a divergence
+    assert not contradicted(ref, "a", {"a": err("a", 0.99)})  # nothing later compared: nothing contradicts it
+    assert not contradicted(ref, "d", {"d": err("d", 0.99)})  # an output
+    assert not contradicted(ref, "a", {"a": err("a", 0.01), "c": err("c", 0.0)})  # small drift may fade: kept

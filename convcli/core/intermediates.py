@@ -44,6 +44,7 @@ unmatched ("fused").
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +142,15 @@ class ReferenceGraph:
             self.nodes.append(node)
             for o in node.outputs:
                 self.producer[o] = node
+
+    @functools.cached_property
+    def consumers(self) -> dict[str, list[RefNode]]:
+        """Tensor -> the nodes that read it."""
+        found: dict[str, list[RefNode]] = {}
+        for n in self.nodes:
+            for i in dict.fromkeys(n.inputs):
+                found.setdefault(i, []).append(n)
+        return found
 
     def tensor_names(self) -> list[str]:
         """Float tensors produced by nodes, in topological order (the names an Intermediates maps to)."""

@@ -239,7 +239,8 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
         rounds += 1
         unmatched = dict(art_side.unmatched)
         _compare(graph, index, ref_side, art_side, tol, errors, ref_vals, unmatched)
-        first = next((t for t in pick if t in errors and errors[t].diverged), None)
+        first = next((t for t in pick if t in errors and errors[t].diverged and not contradicted(graph, t, errors)),
+                     None)
         if len(window) <= MAX_PER_ROUND or first is None:
             break
         before = [t for t in pick if t in errors and index[t] < index[first]]
@@ -265,12 +266,16 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
             e.added = e.rel_err - max([x for x in ins if x is not None] or [0.0])
     ranked = ([e for e in sorted(compared, key=lambda e: -(e.added or 0.0)) if (e.added or 0) > 0][:5]
               if req.precision in ("fp16", "bf16", "int8") else [])
-    first_err = next((e for e in compared if e.diverged), None)
+    isolated = [e.tensor for e in compared if e.diverged and contradicted(graph, e.tensor, errors)]
+    skipped = (f"; {len(isolated)} tensor(s) differed while every compared tensor computed from them agrees "
+               f"(a wrong match between same-shaped tensors, not a divergence; skipped): {', '.join(isolated[:4])}"
+               + (" ..." if len(isolated) > 4 else "")) if isolated else ""
+    first_err = next((e for e in compared if e.diverged and e.tensor not in isolated), None)
     if first_err is None:
         return Divergence(status="not_found", seconds=_since(start), path=compared, ranked=ranked,
                           message=(f"no compared tensor exceeds the {req.precision} intermediate tolerance "
-                                   f"(rel {tol.rel:g}, cosine {tol.min_cosine:g}) on {len(compared)} tensors"),
-                          **base)
+                                   f"(rel {tol.rel:g}, cosine {tol.min_cosine:g}) on {len(compared)} tensors"
+                                   + skipped), **base)
     node = graph.producer.get(first_err.tensor)
     inputs = [errors[i] for i in (node.inputs if node else []) if i in errors]
     files: list[str] = []
@@ -288,11 +293,37 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
     message = (f"first divergence at {first_err.op or 'tensor'} {where}{extra} -> {first_err.tensor}: "
                f"max abs err {first_err.max_abs_err:.3g} (rel {first_err.rel_err:.3g}), cosine "
                + (f"{first_err.cosine:.6f}" if first_err.cosine is not None else "n/a (all-zero reference)")
-               + f"; {in_text}{repro_failed}")
+               + f"; {in_text}{repro_failed}{skipped}")
     if exhausted:
         message += f"; time budget ({req.budget_s:g} s) spent: narrowed to tensors {lo}-{hi} of {len(order)}"
     return Divergence(status="found", message=message, first=first_err, inputs=inputs, path=compared,
                       ranked=ranked, files=files, seconds=_since(start), **base)
+
+
+def contradicted(graph: ReferenceGraph, tensor: str, errors: dict[str, TensorError]) -> bool:
+    """A tensor off by its whole scale whose nearest compared descendants all agree with the reference: its error
+    reached nothing the graph computes next. That is what a wrong match looks like (ncnn's structural matching pairing two
+    parallel same-shaped branches of an Inception block: each "differs" with cosine 0.3, their Concat agrees),
+    not a divergence, which propagates; an error a later op removes (a ReLU clipping it) did not matter either.
+    A tensor with no compared descendant (an output, or nothing later compared) is not contradicted, nor is one
+    off by less than half its scale: small errors may fade below the tolerance and still be where drift begins
+    (fp16/int8), a wrong match is off by its whole scale."""
+    own = errors.get(tensor)
+    if own is None or own.rel_err is None or own.rel_err < 0.5:
+        return False
+    reached: list[TensorError] = []
+    frontier, seen = [tensor], {tensor}
+    while frontier:
+        for node in graph.consumers.get(frontier.pop(), []):
+            for out in node.outputs:
+                if out in seen:
+                    continue
+                seen.add(out)
+                if out in errors:
+                    reached.append(errors[out])  # compared: the walk stops here
+                else:
+                    frontier.append(out)
+    return bool(reached) and not any(e.diverged for e in reached)
 
 
 def _compare(graph: ReferenceGraph, index: dict[str, int], ref_side: Intermediates, art_side: Intermediates,
