@@ -294,3 +294,7 @@ def test_a_whole_scale_mismatch_whose_consumers_agree_is_not_the_divergence(tmp_
     assert not contradicted(ref, "a", {"a": err("a", 0.99)})  # nothing later compared: nothing contradicts it
     assert not contradicted(ref, "d", {"d": err("d", 0.99)})  # an output
     assert not contradicted(ref, "a", {"a": err("a", 0.01), "c": err("c", 0.0)})  # small drift may fade: kept
+    chain = {"a": err("a", 0.99), "c": err("c", 0.98), "d": err("d", 0.0)}  # a mis-paired chain ending in agreement
+    assert contradicted(ref, "a", chain) and contradicted(ref, "c", chain)
+    drift = {"a": err("a", 0.99), "c": err("c", 1e-3)}  # the Concat drifts (fp32 winograd) but carries no whole-scale
+    assert contradicted(ref, "a", drift)  # error: the branch's 0.99 never reached it

@@ -300,18 +300,24 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
                       ranked=ranked, files=files, seconds=_since(start), **base)
 
 
-def contradicted(graph: ReferenceGraph, tensor: str, errors: dict[str, TensorError]) -> bool:
-    """A tensor off by its whole scale whose nearest compared descendants all agree with the reference: its error
-    reached nothing the graph computes next. That is what a wrong match looks like (ncnn's structural matching pairing two
-    parallel same-shaped branches of an Inception block: each "differs" with cosine 0.3, their Concat agrees),
-    not a divergence, which propagates; an error a later op removes (a ReLU clipping it) did not matter either.
-    A tensor with no compared descendant (an output, or nothing later compared) is not contradicted, nor is one
-    off by less than half its scale: small errors may fade below the tolerance and still be where drift begins
-    (fp16/int8), a wrong match is off by its whole scale."""
+def contradicted(graph: ReferenceGraph, tensor: str, errors: dict[str, TensorError],
+                 memo: dict[str, bool] | None = None) -> bool:
+    """A tensor off by its whole scale whose nearest compared descendants all agree with the reference (or differ
+    by less than a tenth as much): its error reached nothing the graph computes next. That is what a wrong match
+    looks like (ncnn's structural matching pairing two parallel same-shaped branches of an Inception block: each
+    "differs" with cosine 0.3, their Concat agrees), not a divergence, which propagates; an error a later op
+    removes (a ReLU clipping it) did not matter either. A tensor with no compared descendant (an output, or
+    nothing later compared) is not contradicted, nor is one off by less than half its scale: small errors may
+    fade below the tolerance and still be where drift begins (fp16/int8); a wrong match is off by its whole
+    scale."""
+    memo = {} if memo is None else memo
+    if tensor in memo:
+        return memo[tensor]
     own = errors.get(tensor)
     if own is None or own.rel_err is None or own.rel_err < 0.5:
         return False
-    reached: list[TensorError] = []
+    memo[tensor] = False  # while the walk below runs (the graph is acyclic; this only bounds the work)
+    reached: list[TensorError] = []  # a reached tensor that is itself a wrong match (a mis-paired chain) agrees
     frontier, seen = [tensor], {tensor}
     while frontier:
         for node in graph.consumers.get(frontier.pop(), []):
@@ -323,7 +329,11 @@ def contradicted(graph: ReferenceGraph, tensor: str, errors: dict[str, TensorErr
                     reached.append(errors[out])  # compared: the walk stops here
                 else:
                     frontier.append(out)
-    return bool(reached) and not any(e.diverged for e in reached)
+    floor = 0.1 * own.rel_err  # a whole-scale error that reached a tensor leaves more than a trace there
+    memo[tensor] = bool(reached) and not any(
+        e.diverged and (e.rel_err or 0.0) >= floor and not contradicted(graph, e.tensor, errors, memo)
+        for e in reached)
+    return memo[tensor]
 
 
 def _compare(graph: ReferenceGraph, index: dict[str, int], ref_side: Intermediates, art_side: Intermediates,
