@@ -188,7 +188,7 @@ except BaseException as exc:
 '''
 
 
-class TfliteDirectOptions(BaseModel):
+class Onnx2tfOptions(BaseModel):
     """The options both onnx2tf paths take."""
 
     model_config = ConfigDict(extra="forbid")
@@ -207,7 +207,7 @@ class TfliteDirectOptions(BaseModel):
                                         "the job loaded (--calibration-samples).")
 
 
-class TfliteOptions(TfliteDirectOptions):
+class TfliteOptions(Onnx2tfOptions):
     keras_metadata: bool = Field(
         default=False, description="Let TensorFlow write the Keras metadata of the SavedModels onnx2tf saves on its "
                                    "way to TFLite (onnx2tf's own behaviour, ~10x slower; the .tflite files are the "
@@ -502,7 +502,7 @@ class TfliteFromOnnx(Converter):
         return {}
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
-        opts: TfliteDirectOptions = self.options  # type: ignore[assignment]
+        opts: Onnx2tfOptions = self.options  # type: ignore[assignment]
         assert artifact.path is not None
         int8 = opts.precision == "int8"
         fixed, what = fixed_specs(artifact.inputs)
@@ -582,7 +582,7 @@ class TfliteFromOnnx(Converter):
 
     def _convert(self, kwargs: dict[str, Any], child_dir: Path, produced: Path, ctx: StepContext) -> Path:
         """Run onnx2tf in a child process; return ``produced`` or raise ConversionError with its reason."""
-        opts: TfliteDirectOptions = self.options  # type: ignore[assignment]
+        opts: Onnx2tfOptions = self.options  # type: ignore[assignment]
         code = (_CHILD.replace("__KWARGS__", repr(json.dumps(kwargs))).replace("__MARK__", _MARK)
                 .replace("__NAMES__", repr(str(produced.parent / LAYER_NAMES)))
                 .replace("__SKIP_KERAS_METADATA__", repr(not getattr(opts, "keras_metadata", True)))
@@ -629,7 +629,7 @@ class TfliteFromOnnxDirect(TfliteFromOnnx):
     name = "TfliteFromOnnxDirect"
     summary = "onnx2tf 2.x flatbuffer_direct (child process): LiteRT file written without TensorFlow's converter; " \
               "static shapes, NHWC layout recorded, checked against ORT; int8 calibrated on --calibration data"
-    Options = TfliteDirectOptions
+    Options = Onnx2tfOptions
     precisions = ("fp32", "int8")
     precision_gaps = {"fp16": "flatbuffer_direct's float16 file computes in float16, which LiteRT's CPU kernels "
                               "cannot run (MAX_POOL_2D: 'Type FLOAT16 not currently supported'), so it cannot be "
