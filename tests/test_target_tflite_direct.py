@@ -70,3 +70,24 @@ def test_missing_direct_install_is_unavailable_with_the_reason(cli, catalogue, t
     row = rows["tflite-fp32@TfliteFromOnnxDirect"]
     assert row["status"] == "unavailable" and "onnx2tf 2.x is not installed" in row["error"]
     assert rows["onnx-fp32"]["status"] == "passed"
+
+
+@pytest.mark.slow
+def test_tensorflow_path_falls_back_to_direct_where_onnx2tf_1x_fails(cli, tmp_path: Path) -> None:
+    """swin_v2's blocks make onnx2tf 1.x write a file needing TensorFlow Select ops (plain LiteRT cannot load it);
+    the direct path converts them. The default `--to tflite` then ships the direct file and says so; fp16 has no
+    fallback (the direct path makes none) and says why; the fallback can be turned off."""
+    model = [f"{ROOT}/tests/models/windows.py:tiny_swin_v2", "--input", "x:batch=1x3x32x32:float32"]
+    out = tmp_path / "out"
+    res = cli("convert", *model, "--to", "tflite:fp32+fp16", "-o", out, "--no-latency", "--threads", "2")
+    rows = {r["id"]: r for r in res.report(out)["artifacts"]}
+    fp32, fp16 = rows["tflite-fp32"], rows["tflite-fp16"]
+    assert fp32["status"] == "passed", fp32
+    assert fp32["chain"].endswith("TfliteFromOnnx [via TfliteFromOnnxDirect: onnx2tf 1.x failed]")
+    assert fp32["details"]["tflite_route"].endswith("flatbuffer_direct (fallback)")
+    assert fp32["details"]["onnx2tf"] == onnx2tf_direct_version() and fp32["details"]["tflite_route_reason"]
+    assert fp16["status"] == "error" and "no fallback: TfliteFromOnnxDirect makes no fp16" in fp16["error"]
+    off = tmp_path / "off"
+    res = cli("convert", *model, "--to", "tflite", "-O", "tflite.direct_fallback=false", "-o", off, "--no-latency")
+    (row,) = res.report(off)["artifacts"]
+    assert row["status"] == "error" and "fallback" not in row["error"] and "tflite_route" not in row["details"]

@@ -51,6 +51,7 @@ import re
 import shutil
 import sys
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -208,6 +209,10 @@ class Onnx2tfOptions(BaseModel):
 
 
 class TfliteOptions(Onnx2tfOptions):
+    direct_fallback: bool = Field(
+        default=True, description="When onnx2tf 1.x fails on a model (an op it cannot convert, a time-out), convert "
+                                  "it with onnx2tf 2.x's flatbuffer_direct (TfliteFromOnnxDirect) instead, fp32 and "
+                                  "int8 only; the row's chain and details say so (tflite_route).")
     keras_metadata: bool = Field(
         default=False, description="Let TensorFlow write the Keras metadata of the SavedModels onnx2tf saves on its "
                                    "way to TFLite (onnx2tf's own behaviour, ~10x slower; the .tflite files are the "
@@ -492,6 +497,7 @@ class TfliteFromOnnx(Converter):
     # int8 calibrates on the calibration data; the sample images onnx2tf checks its conversion with come from it.
     uses_calibration = True
     backend_kwargs: dict[str, Any] = {}  # onnx2tf.convert arguments that choose its path
+    reached_onnx2tf = False  # set by convert_here once its inputs are checked and onnx2tf is about to run
     layer_map = True  # onnx2tf builds Keras layers on this path: their names map TFLite tensors back to ONNX
 
     @classmethod
@@ -502,6 +508,39 @@ class TfliteFromOnnx(Converter):
         return {}
 
     def run(self, artifact: Artifact, ctx: StepContext) -> Artifact:
+        """onnx2tf 1.x through TensorFlow's converter; where it fails, the direct path (``direct_fallback``), as the
+        NCNN step falls back to the ONNX route: the faster files when 1.x can make them, a file at all when not."""
+        opts = self.options
+        self.reached_onnx2tf = False
+        try:
+            return self.convert_here(artifact, ctx)
+        except ConversionError as exc:
+            # Only onnx2tf's own failures (and files LiteRT cannot run) fall back: bad calibration data or inputs
+            # fail the same way on either path. TfliteFromOnnxDirect's options have no direct_fallback.
+            fallback = getattr(opts, "direct_fallback", False) and self.reached_onnx2tf
+            precision = getattr(opts, "precision", "fp32")
+            direct = TfliteFromOnnxDirect.availability()
+            if not fallback or precision not in TfliteFromOnnxDirect.precisions or not direct.available:
+                why = ("" if not fallback else f"; no fallback: {TfliteFromOnnxDirect.name} makes no {precision}"
+                       if precision not in TfliteFromOnnxDirect.precisions else
+                       f"; no fallback: {direct.reason}" if not direct.available else "")
+                raise ConversionError(exc.message + why, hint=exc.hint) from None
+            reason = exc.message
+        values = {k: v for k, v in opts.model_dump().items() if k in Onnx2tfOptions.model_fields}
+        step = TfliteFromOnnxDirect(Onnx2tfOptions.model_validate(values))
+        try:
+            out = step.convert_here(artifact, replace(ctx, workdir=ctx.workdir / "direct-fallback"))
+        except ConversionError as exc:
+            raise ConversionError(f"{reason}; the fallback {TfliteFromOnnxDirect.name} (onnx2tf "
+                                  f"{onnx2tf_direct_version()} flatbuffer_direct) failed too: {exc.message}",
+                                  hint=exc.hint) from None
+        out.details.update({"tflite_route": f"onnx2tf {onnx2tf_direct_version()} flatbuffer_direct (fallback)",
+                            "tflite_route_reason": reason, "chain_note": f"via {TfliteFromOnnxDirect.name}: onnx2tf "
+                                                                        "1.x failed"})
+        return out
+
+    def convert_here(self, artifact: Artifact, ctx: StepContext) -> Artifact:
+        """This step's own onnx2tf path, without fallback."""
         opts: Onnx2tfOptions = self.options  # type: ignore[assignment]
         assert artifact.path is not None
         int8 = opts.precision == "int8"
@@ -534,6 +573,7 @@ class TfliteFromOnnx(Converter):
             kwargs.update(output_integer_quantized_tflite=True, custom_input_op_name_np_data_path=cind,
                           quant_type="per-channel", input_quant_dtype="int8", output_quant_dtype="int8")
         key = run_key(kwargs, inputs_for_key, self.onnx2tf_version())
+        self.reached_onnx2tf = True
         wanted = PRODUCED["int8-io" if int8 and opts.int8_io else opts.precision]
         earlier = _RUNS.get(key)
         if earlier is not None and (earlier / wanted).is_file():
