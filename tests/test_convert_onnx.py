@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -230,3 +231,27 @@ def test_inception_v3_export_passes_fp32_and_one_altered_filter_still_fails(tmp_
             verify_export(model, path, specs, threads=2, check_dynamic=False)
         with torch.no_grad():
             weight[row] /= factor
+
+
+def test_a_model_with_external_data_is_moved_with_its_data_file(tmp_path: Path) -> None:
+    """Over 2 GB the exporter writes the weights to `<file>.data` and each tensor records that name; the step
+    renames its file to model.onnx, so the recorded name must follow (vit_h_14 failed on it)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from convcli.converters.torch_to_onnx import move_onnx
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(w, "w")])
+    first = tmp_path / "model.dynamo.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(first),
+              save_as_external_data=True, location="model.dynamo.onnx.data", size_threshold=0)
+    files = move_onnx(first, tmp_path / "model.onnx")
+    assert [f.name for f in files] == ["model.onnx", "model.onnx.data"] and not first.exists()
+    x = np.ones((1, 3), dtype=np.float32)
+    (y,) = ort.InferenceSession(str(files[0])).run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ w)

@@ -117,6 +117,28 @@ def verify_export(model: Any, path: Path, specs: list[TensorSpec], threads: int,
     return checks
 
 
+def move_onnx(path: Path, final: Path) -> list[Path]:
+    """Rename an ONNX file and, for a model over 2 GB, its external data file (``<name>.data``), whose name every
+    tensor records as its ``location``: renaming only the file left vit_h_14's model pointing at a ``.data`` file
+    that no longer existed. Returns the files of the moved model."""
+    os.replace(path, final)
+    data = Path(str(path) + ".data")
+    if not data.exists():
+        return [final]
+    moved = Path(str(final) + ".data")
+    os.replace(data, moved)
+    onnx = require("onnx")
+    from onnx.external_data_helper import _get_all_tensors  # every initializer and Constant, subgraphs included
+
+    model = onnx.load(str(final), load_external_data=False)
+    for tensor in _get_all_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == data.name:
+                entry.value = moved.name
+    onnx.save(model, str(final))  # the graph only: the weights stay where they are
+    return [final, moved]
+
+
 def _sizes_text(overrides: dict[str, int]) -> str:
     return "example sizes" if not overrides else ", ".join(f"{k}={v}" for k, v in overrides.items())
 
@@ -177,11 +199,7 @@ class OnnxFromPytorch(Converter):
                 notes[exporter] = f"failed: {first_line(exc, 240)}"
                 continue
             final = ctx.workdir / "model.onnx"
-            os.replace(path, final)
-            files = [final]
-            if Path(str(path) + ".data").exists():
-                os.replace(str(path) + ".data", str(final) + ".data")
-                files.append(Path(str(final) + ".data"))
+            files = move_onnx(path, final)
             notes[exporter] = "used"
             for other in order:
                 notes.setdefault(other, "not needed (an earlier exporter succeeded)")
