@@ -40,6 +40,9 @@ def _run(path: Path, feed: dict[str, np.ndarray], threads: int) -> tuple[list[st
     return names, [np.asarray(o) for o in session.run(None, feed)]
 
 
+MAX_SIMPLIFY_BYTES = 2 * 1024**3 - 1  # protobuf's limit for one message
+
+
 def keep_node_metadata(original: Any, slim: Any) -> None:
     """Copy each node's metadata_props (the dynamo exporter's module scopes and source lines) onto the node of the
     same name in the simplified graph: onnxslim drops them, and divergence localization (parity/divergence.py)
@@ -86,6 +89,12 @@ class SimplifyOnnx(Pass):
         onnxslim = require("onnxslim", "simplifying ONNX")
         opts: SimplifyOptions = self.options  # type: ignore[assignment]
         assert artifact.path is not None
+        size = sum(f.stat().st_size for f in artifact.files if f.is_file())
+        if size >= MAX_SIMPLIFY_BYTES:  # vit_h_14 (2.5 GB): "EncodeError: Failed to serialize proto" inside onnxslim
+            skipped = (f"skipped: the model is {size / 1e9:.1f} GB and onnxslim serialises the whole graph as one "
+                       "protobuf, which cannot exceed 2 GB; the exported file is used as it is")
+            return artifact.derive(details={**artifact.details, "simplify": {"engine": opts.engine,
+                                                                             "skipped": skipped}})
         original = onnx.load(str(artifact.path))
         before = op_histogram(original)
         try:
