@@ -145,6 +145,11 @@ class _Graph:
     def reshape(self, x: str, shape: list[int]) -> Any:
         return self.node("Reshape", [x, self.const(np.array(shape, np.int64), "shape")], shape)
 
+    def reshape_back(self, x: str, shape: list[int], output: str) -> Any:
+        """A Reshape of ``x`` to ``shape`` writing the replaced node's own ``output`` (the graph reads on)."""
+        return self.onnx.helper.make_node("Reshape", [x, self.const(np.array(shape, np.int64), "shape")], [output],
+                                          name=self.name("reshape"))
+
     def rank(self, name: str) -> int:
         return len(self.shapes.get(name, []))
 
@@ -290,8 +295,7 @@ def _elementwise(g: _Graph) -> str | None:
         small_out = [int(np.prod([out[k] for k in grp])) for grp in groups] or [1]
         op = g.node(e.op_type, names, small_out, **{a.name: g.onnx.helper.get_attribute_value(a)
                                                      for a in e.attribute})
-        back = g.onnx.helper.make_node("Reshape", [op.output[0], g.const(np.array(out, np.int64), "shape")],
-                                       [e.output[0]], name=g.name("reshape"))
+        back = g.reshape_back(op.output[0], out, e.output[0])
         g.replace([e], [*new, op, back])
         return f"{len(out)}-D {e.op_type}: broadcast axes merged -> rank {len(small_out)}"
     return None
@@ -308,8 +312,7 @@ def _softmax(g: _Graph) -> str | None:
         view = [int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:]))]
         r = g.reshape(e.input[0], view)
         op = g.node(e.op_type, r.output, view, axis=1)
-        back = g.onnx.helper.make_node("Reshape", [op.output[0], g.const(np.array(shape, np.int64), "shape")],
-                                       [e.output[0]], name=g.name("reshape"))
+        back = g.reshape_back(op.output[0], shape, e.output[0])
         g.replace([e], [r, op, back])
         return f"{len(shape)}-D {e.op_type}: on a 3-D view"
     return None
@@ -338,8 +341,7 @@ def _einsum(g: _Graph) -> str | None:
             names.append(r.output[0])
         out = g.shapes[e.output[0]]
         op = g.node("Einsum", names, out[1:], equation=",".join(t[1:] for t in terms[:-1]) + "->" + rhs[1:])
-        back = g.onnx.helper.make_node("Reshape", [op.output[0], g.const(np.array(out, np.int64), "shape")],
-                                       [e.output[0]], name=g.name("reshape"))
+        back = g.reshape_back(op.output[0], out, e.output[0])
         g.replace([e], [*new, op, back])
         return f"{len(out)}-D Einsum: batch index of size 1 dropped"
     return None
@@ -354,8 +356,7 @@ def _unary(g: _Graph) -> str | None:
         r = g.reshape(e.input[0], [int(np.prod(shape))])
         op = g.node(e.op_type, r.output, [int(np.prod(shape))],
                     **{a.name: g.onnx.helper.get_attribute_value(a) for a in e.attribute})
-        back = g.onnx.helper.make_node("Reshape", [op.output[0], g.const(np.array(shape, np.int64), "shape")],
-                                       [e.output[0]], name=g.name("reshape"))
+        back = g.reshape_back(op.output[0], shape, e.output[0])
         g.replace([e], [r, op, back])
         return f"{len(shape)}-D {e.op_type}: on the flat tensor"
     return None
