@@ -271,3 +271,29 @@ def test_a_model_over_the_protobuf_limit_skips_simplification_and_says_why(cli, 
     assert row["status"] == "passed"
     simplify = next(s for s in res.report(out)["steps"] if s["name"] == "SimplifyOnnx")["details"]["simplify"]
     assert simplify["skipped"].startswith("skipped: the model is") and "nodes_after" not in simplify
+
+
+def test_an_export_check_that_fails_by_rounding_says_so_not_baked_in_size(tmp_path: Path) -> None:
+    """resnext101 failed its second-size check by one value of 3000 (cosine ~1): the hint must not blame a size."""
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from convcli.converters.torch_to_onnx import verify_export
+    from convcli.core.errors import ConversionError
+    from convcli.core.tensors import parse_input_spec
+
+    values = np.linspace(-2, 2, 40, dtype=np.float32).reshape(1, 40)
+    graph = helper.make_graph([helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(values))], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])])
+    path = tmp_path / "c.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    specs = [parse_input_spec("x:1x3:float32")]
+    drift = values.copy()
+    drift[0, 20] += 2e-3  # one value off by rounding-sized error: cosine stays ~1
+    with pytest.raises(ConversionError) as rounding:
+        verify_export(lambda x: torch.from_numpy(drift), path, specs, 1, False)
+    assert "float32 rounding" in rounding.value.hint
+    with pytest.raises(ConversionError) as wrong:
+        verify_export(lambda x: torch.from_numpy(-values), path, specs, 1, False)
+    assert "float32 rounding" not in wrong.value.hint

@@ -79,6 +79,11 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], path: Path, specs: li
                       opset_version=opset or 17, do_constant_folding=True)
 
 
+# A failing check whose every sample still has this cosine is rounding that crossed the tolerance (resnext101 at
+# batch 3: one value of 3000 off by 3e-4), not a baked-in size or a wrong op, which move outputs far off direction.
+ROUNDING_COSINE = 0.99999
+
+
 def verify_export(model: Any, path: Path, specs: list[TensorSpec], threads: int, check_dynamic: bool,
                   kinds: KindsFor | None = None) -> dict[str, Any]:
     """Run the ONNX file with ORT at the example sizes and at a second size of every dynamic dim.
@@ -108,7 +113,10 @@ def verify_export(model: Any, path: Path, specs: list[TensorSpec], threads: int,
                                  kinds(names, ref) if kinds else None)
         checks[_sizes_text(overrides)] = {"max_abs_err": result.max_abs_err, "passed": result.passed}
         if not result.passed:
-            hint = ("a size was probably baked in at export" if overrides else
+            rounding = result.cosine_min is not None and result.cosine_min >= ROUNDING_COSINE
+            hint = ("the outputs still agree in direction (cosine >= 0.99999): float32 rounding over a deep network "
+                    "that crossed the fp32 tolerance, not a wrong graph; loosen tolerances if the error is acceptable"
+                    if rounding else "a size was probably baked in at export" if overrides else
                     "a numerical difference at the export's own sizes: an op the exporter decomposes differently, "
                     "or a model whose outputs are large; compare with -O OnnxFromPytorch.exporter=torchscript or "
                     "loosen tolerances if the error is acceptable")
