@@ -202,3 +202,73 @@ def test_top1_does_not_count_the_sources_own_near_ties() -> None:
     flipped = ref.copy()
     flipped[:4] = flipped[:4, ::-1]  # real disagreements are still counted
     assert not compare_outputs(["y"], [ref], [flipped], DEFAULT_TOLERANCES["fp16"], logits).passed
+
+
+def test_fp32_atol_is_floored_at_twice_the_sources_own_float32_error_and_no_further() -> None:
+    """A deep network's float32 output is itself off the exact (float64) result; an artifact may differ from the
+    source by up to twice that error (two equally accurate computations), and by no more. The float64 run happens
+    only when the plain limit fails, and is ignored when the source's float32 output no longer points the float64
+    one's way (the source is then no reliable reference)."""
+    from convcli.parity.rounding import compare_with_rounding_floor
+
+    rng = np.random.default_rng(0)
+    ref64 = rng.uniform(-2, 2, size=(4, 1000))
+    ref32 = (ref64 + rng.choice([-1e-3, 1e-3], size=ref64.shape)).astype(np.float32)  # source's own error 1e-3
+    tol = DEFAULT_TOLERANCES["fp32"]  # atol 2e-4 on this range
+    calls: list[int] = []
+
+    def float64() -> list[np.ndarray]:
+        calls.append(1)
+        return [ref64]
+
+    assert compare_with_rounding_floor(["y"], [ref32], [ref32.copy()], tol, float64=float64).passed
+    assert not calls  # a passing comparison never runs the source in float64
+
+    within = ref32 + np.float32(1.8e-3)
+    plain = compare_with_rounding_floor(["y"], [ref32], [within], tol)
+    assert not plain.passed and plain.outputs[0].rounding_floor is None
+    floored = compare_with_rounding_floor(["y"], [ref32], [within], tol, float64=float64)
+    assert floored.passed and calls == [1]
+    out = floored.outputs[0]
+    assert out.rounding_floor == pytest.approx(1e-3, rel=1e-3) and out.atol == pytest.approx(2e-3, rel=1e-3)
+
+    beyond = compare_with_rounding_floor(["y"], [ref32], [ref32 + np.float32(2.5e-3)], tol, float64=float64)
+    assert not beyond.passed and "2x the source's own float32 error 0.001" in beyond.message
+
+    # Not fp32: fp16 has no rounding factor, the float64 run is not asked for.
+    assert DEFAULT_TOLERANCES["fp16"].rounding_factor is None
+    # A source whose float32 result is off direction (cosine < 0.99999) is no reference: the plain limit stands.
+    noisy = (ref64 + rng.normal(scale=0.05, size=ref64.shape)).astype(np.float32)
+    wrong = compare_with_rounding_floor(["y"], [noisy], [noisy + np.float32(1e-3)], tol, float64=lambda: [ref64])
+    assert not wrong.passed and wrong.outputs[0].rounding_floor is None
+
+
+def test_float64_outputs_restore_the_model_bit_for_bit_and_decline_what_they_cannot_widen() -> None:
+    import torch
+
+    from convcli.runners.torch_runner import TorchSession
+    from convcli.sources.torch_sources import float64_outputs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 4)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 8)
+    (out,) = float64_outputs(model, [x]) or [None]
+    assert out is not None and out.dtype == np.float64
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x).numpy(), atol=1e-5)
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+    session = TorchSession(model, ["x"], threads=1)
+    (wide,) = session.run_float64({"x": x.numpy()}) or [None]
+    assert wide is not None and np.array_equal(wide, out)
+
+    class FixedDtype(torch.nn.Module):  # a dtype written into the code: no float64 path
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ torch.ones(8, 2, dtype=torch.float32)
+
+    assert float64_outputs(FixedDtype(), [x]) is None
+    assert float64_outputs(torch.nn.Linear(8, 2).half(), [x.half()]) is None
+    assert float64_outputs(torch.jit.script(torch.nn.Linear(8, 2)), [x]) is None

@@ -14,6 +14,7 @@ ncnn blobs have no batch axis, so the model is converted at batch 1 (the runner 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ import re
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,7 +38,8 @@ from convcli.core.lazy import package_version, require
 from convcli.core.registry import Registry
 from convcli.core.step import Availability, Converter, KindsFor, StepContext, check_packages
 from convcli.core.tensors import TensorSpec
-from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
+from convcli.parity.compare import DEFAULT_TOLERANCES
+from convcli.parity.rounding import compare_with_rounding_floor, rounding_record
 
 NCNN_MAGIC = "7767517"
 # pnnx's type suffixes for inputshape=[...]; ncnn itself computes in float32 and reads ids as int32.
@@ -209,6 +212,11 @@ class PnnxConverter(Converter):
     def reference(self, artifact: Artifact, feed: dict[str, np.ndarray], ctx: StepContext) -> list[np.ndarray]:
         raise NotImplementedError  # pragma: no cover
 
+    def reference_float64(self, artifact: Artifact, feed: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        """The source's outputs on ``feed`` computed in float64 (the rounding floor of fp32 judging), or None
+        where the source cannot run in float64."""
+        return None
+
     def crash_hint(self, dynamic: dict[str, int]) -> str:
         return "run with --debug for pnnx's output; try another target (onnx, openvino)"
 
@@ -268,7 +276,8 @@ class PnnxConverter(Converter):
         refs = {case: self.reference(artifact, feed, ctx) for case, feed in feeds.items()}
         shapes = {n: list(r.shape) for n, r in zip(artifact.output_names, refs["example sizes"], strict=True)}
         got = self._run_ncnn(param, weights, opts.precision, ctx, blobs, shapes, feeds)
-        checks = self._judge(artifact.output_names, refs, got, opts.precision, where, ctx.kinds)
+        float64 = {case: functools.partial(self.reference_float64, artifact, feed) for case, feed in feeds.items()}
+        checks = self._judge(artifact.output_names, refs, got, opts.precision, where, ctx.kinds, float64)
 
         final_param, final_bin = ctx.workdir / "model.param", ctx.workdir / "model.bin"
         os.replace(param, final_param)
@@ -313,13 +322,16 @@ class PnnxConverter(Converter):
 
     @staticmethod
     def _judge(names: list[str], refs: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]],
-               precision: str, where: str, kinds: KindsFor | None = None) -> dict[str, Any]:
-        """Record each case; a disagreement at a second dynamic size (where parity never looks) is an error."""
+               precision: str, where: str, kinds: KindsFor | None = None,
+               float64: dict[str, Callable[[], list[np.ndarray] | None]] | None = None) -> dict[str, Any]:
+        """Record each case; a disagreement at a second dynamic size (where parity never looks) is an error.
+        ``float64``: per case, the source's float64 outputs on demand (the fp32 rounding floor)."""
         tol = DEFAULT_TOLERANCES[precision]
         checks: dict[str, Any] = {}
         for case, ref in refs.items():
-            result = compare_outputs(names, ref, got[case], tol, kinds(names, ref) if kinds else None)
-            checks[case] = {"max_abs_err": result.max_abs_err, "passed": result.passed}
+            result = compare_with_rounding_floor(names, ref, got[case], tol, kinds(names, ref) if kinds else None,
+                                                 float64=(float64 or {}).get(case))
+            checks[case] = {"max_abs_err": result.max_abs_err, "passed": result.passed, **rounding_record(result)}
             if case != "example sizes" and not result.passed and checks["example sizes"]["passed"]:
                 raise ConversionError(f"{where}: the ncnn model disagrees with the source at {case}: "
                                       f"{result.message}", hint="pnnx probably baked a size in; declare that dim "
@@ -434,6 +446,12 @@ class NcnnFromPytorch(PnnxConverter):
             out = artifact.obj(*args)
         return [t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy()
                 for t in flatten_outputs(out)]
+
+    def reference_float64(self, artifact: Artifact, feed: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        torch = require("torch")
+        from convcli.sources.torch_sources import float64_outputs
+
+        return float64_outputs(artifact.obj, [torch.from_numpy(feed[s.name]) for s in artifact.inputs])
 
 
 class NcnnFromTorchscript(NcnnFromPytorch):

@@ -9,6 +9,7 @@ a second size of every dynamic dimension, and rejected when they disagree.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,10 @@ from convcli.core.quiet import quiet
 from convcli.core.registry import Registry
 from convcli.core.step import Converter, KindsFor, StepContext
 from convcli.core.tensors import TensorSpec, numpy_dtype
-from convcli.parity.compare import DEFAULT_TOLERANCES, compare_outputs
+from convcli.parity.compare import DEFAULT_TOLERANCES
+from convcli.parity.rounding import compare_with_rounding_floor, rounding_record
 from convcli.runners.openvino_runner import compile_cpu, match_outputs, require_openvino
-from convcli.sources.torch_sources import example_tensors, flatten_outputs
+from convcli.sources.torch_sources import example_tensors, flatten_outputs, float64_outputs
 
 
 class OpenvinoTorchOptions(OpenvinoOptions):
@@ -76,8 +78,11 @@ def verify_ir(model: Any, reference: Any, specs: list[TensorSpec], outputs: list
                                   f"{first_line(exc)}") from None
         got = [np.asarray(res[compiled.outputs[i]]) for i in order]
         names = outputs or [f"output_{i}" for i in range(len(ref))]
-        result = compare_outputs(names, ref, got, DEFAULT_TOLERANCES["fp32"], kinds(names, ref) if kinds else None)
-        checks[_sizes_text(overrides)] = {"max_abs_err": result.max_abs_err, "passed": result.passed}
+        result = compare_with_rounding_floor(names, ref, got, DEFAULT_TOLERANCES["fp32"],
+                                             kinds(names, ref) if kinds else None,
+                                             float64=functools.partial(float64_outputs, reference, args))
+        checks[_sizes_text(overrides)] = {"max_abs_err": result.max_abs_err, "passed": result.passed,
+                                          **rounding_record(result)}
         if not result.passed:
             raise ConversionError(f"{where}: the OpenVINO model disagrees with PyTorch at {_sizes_text(overrides)}: "
                                   f"{result.message}", hint="a size was probably baked in by tracing; use the "

@@ -37,6 +37,11 @@ class Session:
         chunks = [self.run({k: v[i : i + fb] for k, v in feed.items()}) for i in range(0, n, fb)]
         return [np.concatenate([c[j] for c in chunks], axis=0) for j in range(len(chunks[0]))]
 
+    def run_float64(self, feed: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        """The same model computed in float64 on ``feed``: the source's own float32 error, which floors fp32's
+        elementwise tolerance (``parity/rounding.py``). None, the default, where the runtime cannot."""
+        return None
+
     def close(self) -> None:
         """Release the runtime's resources."""
 

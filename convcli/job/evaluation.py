@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from convcli import __version__
 from convcli.core.artifact import Artifact
 from convcli.core.cache import Cache
@@ -26,11 +28,19 @@ from convcli.job.divergence import ReferenceExport, fails_parity
 from convcli.job.judge import exit_code, flag_speed, judge, same_run, within_noise
 from convcli.job.output import jsonable
 from convcli.job.source import LazySource
-from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, assume_kind, compare_outputs
+from convcli.parity.compare import DEFAULT_TOLERANCES, KindChoice, assume_kind
 from convcli.parity.data import LabelledSplit
 from convcli.parity.divergence import Divergence
-from convcli.parity.evaluate import EvalSettings, Measurement, evaluate_outputs, open_session, time_sessions
+from convcli.parity.evaluate import (
+    EvalSettings,
+    Measurement,
+    evaluate_outputs,
+    open_session,
+    run_batches_float64,
+    time_sessions,
+)
 from convcli.parity.latency import LatencyStats
+from convcli.parity.rounding import compare_with_rounding_floor
 from convcli.recipes.schema import JobSpec
 from convcli.reports.model import (
     ArtifactReport,
@@ -83,6 +93,7 @@ class Evaluation:
         self.run_id = new_run_id()
         self._ref: Measurement | None = None
         self._ref_session: Session | None = None
+        self._ref64: tuple[list[np.ndarray] | None] | None = None  # computed once, when an fp32 row needs it
         self._open: list[Session] = []
         self._worst: dict[str, list[int]] = {}  # per row: the parity samples to trace if it fails
         self.repro_root: Path | None = None  # where rows' divergence/ folders go (OUTDIR or its staging folder)
@@ -131,6 +142,22 @@ class Evaluation:
                 raise InputError(f"the source model fails on the parity data: {first_line(exc)}") from exc
             self._end(label, True)
         return self._ref
+
+    def reference_float64(self) -> list[np.ndarray] | None:
+        """The source's parity outputs computed in float64, the first time an fp32 row fails its elementwise
+        limit (``parity/rounding.py``); None where the source's runtime has no float64 path."""
+        if self._ref64 is None:
+            self.reference()
+            assert self._ref_session is not None
+            label = "run source in float64 (the fp32 rounding floor)"
+            self._begin(label)
+            try:
+                outputs = run_batches_float64(self._ref_session, self.data.get().parity, self.settings.parity_batch)
+            except Exception:  # a model that cannot run in float64 keeps the plain tolerance
+                outputs = None
+            self._ref64 = (outputs,)
+            self._end(label, outputs is not None, "" if outputs is not None else "not available for this source")
+        return self._ref64[0]
 
     def kinds(self, ref: Measurement) -> list[KindChoice]:
         """How each output is judged: declared (``--output-kind``, recipe ``outputs:``), else assumed from evidence
@@ -189,7 +216,8 @@ class Evaluation:
         tol = self.tolerances[artifact.precision]  # every Precision has a default: never an empty Tolerance
         names = artifact.output_names or self.outputs
         try:
-            parity = compare_outputs(names, ref.outputs, got.outputs, tol, self.kinds(ref), (ref.rows, got.rows))
+            parity = compare_with_rounding_floor(names, ref.outputs, got.outputs, tol, self.kinds(ref),
+                                                 (ref.rows, got.rows), float64=self.reference_float64)
         except Exception as exc:  # an output compare cannot handle is this row's error, never the run's crash
             row = ArtifactReport(**common, status="error", error=f"comparing the outputs failed: {first_line(exc)}")
             self._end(f"measure {entry.id}", False, row.error or "")

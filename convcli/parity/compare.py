@@ -42,6 +42,12 @@ class Tolerance(BaseModel):
         default=False, description="Scale atol by the output's range, max(1, max|ref|): for precisions whose "
                                    "error grows with the magnitude of the activations (fp32's kernel "
                                    "reordering, fp16's and bf16's rounding).")
+    rounding_factor: float | None = Field(
+        default=None, gt=0, description="When the elementwise limit fails, also allow this many times the source's "
+                                        "own float32 error (max |source - source in float64|, per output) as "
+                                        "atol; only for sources that run in float64 (PyTorch). fp32: 2, the most "
+                                        "two computations as accurate as the source's can differ "
+                                        "(convcli/parity/rounding.py).")
     min_cosine: float | None = Field(default=None, description="Lowest per-sample cosine similarity allowed.")
     min_top1: float | None = Field(default=None, description="Lowest top-1 agreement for classifier outputs "
                                                              "(kinds logits and probabilities; per pixel for "
@@ -68,6 +74,9 @@ class Tolerance(BaseModel):
 # output's range like fp16's (1e-4 up to magnitude 1, 1e-4·max|ref| above). Measured: inception_v3's ONNX export
 # differs from PyTorch by 2.8e-4 on logits up to 6.6 (limit now 6.6e-4, was 1e-4), while one filter of its last
 # conv block scaled by 1.02 moves them by 1.7e-3 and one classifier row scaled by 1.01 by 2.5e-2: both still fail.
+# Past ~100 layers even 1e-4 of the range is below PyTorch's own float32 error (resnet152: 1.0e-3 off float64 on
+# logits of range 1.9), so fp32's atol is floored at twice the source's measured float32 error
+# (rounding_factor; convcli/parity/rounding.py has the measurements).
 # fp16 keeps 11 significant bits: each
 # layer adds ~5e-4 relative error, so after tens of layers logits of magnitude 5 differ by a few 1e-2 (measured:
 # a MobileNetV2 with realistic activations, 0.025 on logits up to ~4, cosine 0.99985); its absolute term therefore
@@ -76,7 +85,7 @@ class Tolerance(BaseModel):
 # 8x fp16's, so its elementwise and cosine limits are looser than fp16's (OpenVINO bf16 on an fp32 IR measured
 # about 2e-2 off on logits of magnitude ~5, cosine 0.9999 on ResNet-18); top-1 and accuracy drop stay fp16's.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3, atol_per_range=True, min_cosine=0.9999,
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, atol_per_range=True, rounding_factor=2.0, min_cosine=0.9999,
                       det_min_iou=0.9, det_max_score_diff=1e-3, det_min_matched=1.0),
     "fp16": Tolerance(atol=1e-2, rtol=1e-2, atol_per_range=True, min_cosine=0.999, min_top1=0.95,
                       det_min_iou=0.8, det_max_score_diff=1e-2, det_min_matched=1.0),
@@ -168,6 +177,12 @@ class OutputParity(BaseModel):
                                                           "against top-1 agreement.")
     detections: DetectionMetrics | None = Field(default=None, description="Kind detections: pairing metrics "
                                                                           "(elementwise metrics are not computed).")
+    atol: float | None = Field(default=None, description="The absolute tolerance applied to this output (after "
+                                                         "scaling by range and the rounding floor).")
+    rounding_floor: float | None = Field(
+        default=None, description="The source's own float32 error on this output (max |source - source in "
+                                  "float64|), measured because the plain elementwise limit failed; atol is "
+                                  "at least rounding_factor times it.")
     abs_err_quantiles: dict[str, float] = Field(
         default_factory=dict, description="Distribution of |artifact - source| over all values: p50, p90, p99, max.")
     passed: bool
@@ -243,9 +258,12 @@ def degenerate_reasons(r: np.ndarray, atol: float | None) -> list[str]:
 
 
 def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
-                   kind: KindChoice | None = None, rows: tuple[list[int], list[int]] | None = None) -> OutputParity:
+                   kind: KindChoice | None = None, rows: tuple[list[int], list[int]] | None = None,
+                   rounding_floor: float | None = None) -> OutputParity:
     """One output judged by its kind. ``rows``: how many rows each fed batch contributed to the source's and the
-    artifact's output (``parity.evaluate.run_batches``); kind ``detections`` pairs detections within each batch."""
+    artifact's output (``parity.evaluate.run_batches``); kind ``detections`` pairs detections within each batch.
+    ``rounding_floor``: the source's own float32 error on this output (``parity/rounding.py``); with
+    ``tol.rounding_factor`` it raises atol to that many times it."""
     kind = kind or assume_kind(name, ref)
     head: dict[str, Any] = dict(name=name, shape=list(ref.shape), kind=kind.kind, kind_reason=kind.reason)
     if kind.kind == "detections":
@@ -278,6 +296,11 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     atol = None
     if tol.atol is not None:
         atol = tol.atol * max(1.0, float(np.abs(r).max()) if r.size else 1.0) if tol.atol_per_range else tol.atol
+    floored = ""
+    if atol is not None and rounding_floor is not None and tol.rounding_factor:
+        if tol.rounding_factor * rounding_floor > atol:
+            floored = f" ({tol.rounding_factor:g}x the source's own float32 error {rounding_floor:.3g})"
+        atol = max(atol, tol.rounding_factor * rounding_floor)
     top1, ties = None, 0
     rs, gs = r, g
     if kind.kind == "segmentation" and ref.ndim >= 3 and ref.shape[1] > 1:  # (N, C, ...): argmax per pixel
@@ -302,8 +325,8 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
         if atol is not None:
             bad = diff > atol + tol.rtol * np.abs(r)
             if bad.any():
-                problems.append(f"{int(bad.sum())} of {bad.size} values beyond atol={atol:.3g}, rtol={tol.rtol:g} "
-                                f"(max abs err {max_abs:.3g})")
+                problems.append(f"{int(bad.sum())} of {bad.size} values beyond atol={atol:.3g}{floored}, "
+                                f"rtol={tol.rtol:g} (max abs err {max_abs:.3g})")
         if tol.min_cosine is not None and cosine_min < tol.min_cosine:
             problems.append(f"cosine {cosine_min:.6f} < {tol.min_cosine}")
         if tol.max_rel_l2 is not None and rel_l2 > tol.max_rel_l2:
@@ -316,7 +339,7 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
         quantiles = {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": max_abs}
     return OutputParity(**head, max_abs_err=max_abs, mean_abs_err=mean_abs, rel_l2_err=rel_l2,
                         cosine_min=cosine_min, top1_agreement=top1, top1_ties_excused=ties,
-                        abs_err_quantiles=quantiles,
+                        atol=atol, rounding_floor=rounding_floor, abs_err_quantiles=quantiles,
                         passed=not problems and mismatch is None, problems=problems, nonfinite=mismatch,
                         source_nonfinite=source_bad,
                         degenerate=degenerate_reasons(ref.astype(np.float64), atol))
@@ -324,9 +347,11 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
 
 def compare_outputs(names: list[str], ref: list[np.ndarray], got: list[np.ndarray], tol: Tolerance,
                     kinds: list[KindChoice] | None = None,
-                    rows: tuple[list[list[int]], list[list[int]]] | None = None) -> ParityResult:
+                    rows: tuple[list[list[int]], list[list[int]]] | None = None,
+                    rounding: list[float | None] | None = None) -> ParityResult:
     """Compare positionally; one combined message lists every failing output. ``rows``: per output, the rows
-    each fed batch contributed, on the source's and the artifact's side (kind ``detections`` needs them)."""
+    each fed batch contributed, on the source's and the artifact's side (kind ``detections`` needs them).
+    ``rounding``: per output, the source's own float32 error (``parity/rounding.py``)."""
     samples = ref[0].shape[0] if ref and ref[0].ndim else 1
     if len(ref) != len(got):
         return ParityResult(passed=False, samples=samples, tolerance=tol,
@@ -335,8 +360,10 @@ def compare_outputs(names: list[str], ref: list[np.ndarray], got: list[np.ndarra
     per_output: list[tuple[list[int], list[int]] | None] = [None] * len(ref)
     if rows is not None and len(rows[0]) == len(rows[1]) == len(ref):
         per_output = list(zip(rows[0], rows[1], strict=True))
-    outs = [compare_output(n, r, g, tol, k, w)
-            for n, r, g, k, w in zip(names, ref, got, chosen, per_output, strict=True)]
+    floors: list[float | None] = list(rounding) if rounding is not None and len(rounding) == len(ref) \
+        else [None] * len(ref)
+    outs = [compare_output(n, r, g, tol, k, w, f)
+            for n, r, g, k, w, f in zip(names, ref, got, chosen, per_output, floors, strict=True)]
 
     def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
         vals = [getattr(o, attr) for o in outs if getattr(o, attr) is not None]

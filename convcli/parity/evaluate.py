@@ -29,6 +29,17 @@ def run_batches(session: Session, data: DataSet, batch: int) -> tuple[list[np.nd
     return outputs, rows
 
 
+def run_batches_float64(session: Session, data: DataSet, batch: int) -> list[np.ndarray] | None:
+    """``run_batches``'s outputs computed in float64 (``Session.run_float64``), None where the session cannot."""
+    parts = []
+    for feed in data.batches(batch):
+        got = session.run_float64(feed)
+        if got is None:
+            return None
+        parts.append(got)
+    return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))] if parts else None
+
+
 def run_dataset(session: Session, data: DataSet, batch: int) -> list[np.ndarray]:
     """Outputs for every sample of ``data``, fed ``batch`` samples at a time, concatenated."""
     return run_batches(session, data, batch)[0]

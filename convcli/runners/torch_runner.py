@@ -13,7 +13,7 @@ from convcli.core.intermediates import Intermediates, ReferenceGraph, TensorInfo
 from convcli.core.lazy import require
 from convcli.core.registry import Registry
 from convcli.core.runner import Runner, Session
-from convcli.sources.torch_sources import flatten_outputs
+from convcli.sources.torch_sources import flatten_outputs, float64_outputs
 
 
 class TorchSession(Session):
@@ -32,6 +32,11 @@ class TorchSession(Session):
             out = self.model(*args)
         return [t.detach().float().numpy() if t.dtype in (torch.float16, torch.bfloat16) else t.detach().numpy()
                 for t in flatten_outputs(out)]
+
+    def run_float64(self, feed: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        torch = self.torch
+        torch.set_num_threads(self.threads)
+        return float64_outputs(self.model, [torch.from_numpy(np.ascontiguousarray(feed[n])) for n in self.names])
 
 
 class TorchRunner(Runner):

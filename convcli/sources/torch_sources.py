@@ -31,6 +31,33 @@ def flatten_outputs(out: Any) -> list[Any]:
     return [out]
 
 
+def float64_outputs(model: Any, args: list[Any]) -> list[np.ndarray] | None:
+    """The model's outputs computed in float64 on ``args`` (float32 inputs widened exactly), for the rounding
+    floor of fp32 judging (``parity/rounding.py``). The module is widened in place and narrowed back afterwards,
+    which restores every float32 weight bit for bit (float32 -> float64 -> float32 is exact), so no copy of a
+    large model is held. None when the model is not a plain float32 ``nn.Module`` or fails in float64 (an op
+    without a float64 kernel, a dtype fixed in its code)."""
+    torch = require("torch")
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+        return None
+    wide = [a.double() if a.dtype == torch.float32 else a for a in args]
+    default = torch.get_default_dtype()
+    try:
+        model.double()
+        torch.set_default_dtype(torch.float64)  # tensors the forward creates itself (masks, positions)
+        with torch.inference_mode():
+            out = flatten_outputs(model(*wide))
+        return [t.detach().numpy() for t in out]
+    except Exception:
+        return None
+    finally:
+        torch.set_default_dtype(default)
+        model.float()
+
+
 def default_output_names(count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
