@@ -41,7 +41,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("divergence_edge") / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONVCLI_CACHE_DIR", str(tmp_path_factory.mktemp("divergence_edge_cache")))
-        res = Cli()("convert", *DIGITS.args(), "--to", "onnx,tflite:fp32+int8,ncnn", "--calibration", CALIB,
+        res = Cli()("convert", *DIGITS.args(), "--to", "onnx,tflite:fp32+int8,ncnn,tflite@TfliteFromOnnxDirect",
+                    "--calibration", CALIB,
                     "-O", "tflite.calibration_samples=32", "-o", out, "--no-latency", "--threads", "2")
         assert res.exit_code == 0, res.output
         yield out
@@ -91,7 +92,8 @@ def altered_tflite(src: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     target = dest / src.name
     target.write_bytes(data.replace(old, (-weights).tobytes()))
-    shutil.copyfile(src.with_suffix(LAYER_MAP_SUFFIX), target.with_suffix(LAYER_MAP_SUFFIX))
+    if src.with_suffix(LAYER_MAP_SUFFIX).is_file():  # onnx2tf 1.x's; the direct path names tensors itself
+        shutil.copyfile(src.with_suffix(LAYER_MAP_SUFFIX), target.with_suffix(LAYER_MAP_SUFFIX))
     return target
 
 
@@ -173,6 +175,34 @@ def test_tflite_without_layer_map_counts_everything_unmatched(converted: Path, f
     assert got.unmatched == {"no reference tensor of that name": 6}
 
 
+DIRECT = "tflite-fp32@TfliteFromOnnxDirect/model.tflite"
+
+
+def test_direct_tflite_intermediates_match_the_reference(converted: Path, feed: dict[str, np.ndarray]) -> None:
+    """onnx2tf 2.x's flatbuffer_direct writes no layer map; it names a channel-last tensor after the ONNX node
+    that reads it ("node_Conv_20_input_nhwc": input 0 of node_Conv_20, i.e. the first Relu's output). Those
+    names are matched too, in the layout they state, so both Conv outputs are compared. Its Gemm and Relu stay
+    two ops, so 'linear' is compared as well."""
+    onnx_path = converted / "onnx-fp32/model.onnx"
+    ref = reference_tensors(onnx_path, feed)
+    got = tflite_intermediates(artifact("tflite", converted / DIRECT), feed, 2, reference=onnx_path)
+    err = errors(got, ref)
+    assert list(err) == ["relu", "relu_1", "max_pool2d", "view", "linear", "relu_2", "output"]
+    assert max(err.values()) < 1e-4, err
+    # The max pool's NHWC output and the transpose back to NCHW hold the same ONNX tensor: the later one counts.
+    assert got.unmatched == {"recomputed by a later op (the later value is the one compared)": 1}
+
+
+def test_direct_tflite_altered_conv_drifts_from_that_conv(converted: Path, feed: dict[str, np.ndarray],
+                                                          tmp_path: Path) -> None:
+    onnx_path = converted / "onnx-fp32/model.onnx"
+    ref = reference_tensors(onnx_path, feed)
+    path = altered_tflite(converted / DIRECT, tmp_path / "altered")
+    err = errors(tflite_intermediates(artifact("tflite", path), feed, 2, reference=onnx_path), ref)
+    drifting = [n for n in err if err[n] > 1e-3]
+    assert drifting[0] == ALTERED_CONV_OUTPUT and err["relu"] < 1e-4, err
+
+
 def test_ncnn_intermediates_match_the_reference(converted: Path, feed: dict[str, np.ndarray]) -> None:
     onnx_path = converted / "onnx-fp32/model.onnx"
     ref = reference_tensors(onnx_path, feed)
@@ -194,18 +224,20 @@ def test_ncnn_altered_conv_drifts_from_that_conv(converted: Path, feed: dict[str
     assert drifting[0] == ALTERED_CONV_OUTPUT and err["relu"] < 1e-4, err
 
 
-def test_check_names_the_altered_conv_on_both_backends(converted: Path, tmp_path: Path) -> None:
+def test_check_names_the_altered_conv_on_every_edge_backend(converted: Path, tmp_path: Path) -> None:
     """``convcli check SOURCE ALTERED...``: each failing row's divergence starts at the altered Conv (fused with
-    its Relu in both artifacts, so named by the Relu's output), with the first Conv's output still agreeing."""
+    its Relu in every artifact, so named by the Relu's output), with the first Conv's output still agreeing: onnx2tf
+    1.x's TFLite (layer map), ncnn, and onnx2tf 2.x's flatbuffer_direct TFLite (tensor names)."""
     tflite = altered_tflite(converted / "tflite-fp32/model.tflite", tmp_path / "tflite")
     ncnn = altered_ncnn(converted / "ncnn-fp32/model.param", tmp_path / "ncnn")
+    direct = altered_tflite(converted / DIRECT, tmp_path / "direct")
     out = tmp_path / "check"
-    res = Cli()("check", DIGITS.spec, "--weights", str(DIGITS.weights), tflite, ncnn, "-o", out, "--no-latency",
-                "--threads", "2")
+    res = Cli()("check", DIGITS.spec, "--weights", str(DIGITS.weights), tflite, ncnn, direct, "-o", out,
+                "--no-latency", "--threads", "2")
     assert res.exit_code == 1, res.output
     rows = res.report(out)["artifacts"]
-    assert [r["status"] for r in rows] == ["failed", "failed"]
-    for row, op in zip(rows, ["CONV_2D", "Convolution"], strict=True):
+    assert [r["status"] for r in rows] == ["failed", "failed", "failed"]
+    for row, op in zip(rows, ["CONV_2D", "Convolution", "CONV_2D"], strict=True):
         div = row["divergence"]
         assert div["status"] == "found", div["message"]
         assert div["first"]["tensor"] == ALTERED_CONV_OUTPUT and div["first"]["artifact_op"] == op

@@ -22,8 +22,9 @@ class ReferenceView:
 
     ``names``: inputs, then node outputs, in topological order. ``nodes``: (op type, inputs, output) per node
     output. ``shapes``: dims with -1 where shape inference knows no size. ``floats``: tensors of a float type
-    (the ones compared). ``batch_axis``: the axis carrying the graph input's batch symbol, None for a tensor
-    without one (static: it does not depend on the sample). ``unjoinable``: tensors whose batch is folded into
+    (the ones compared). ``node_io``: each node's inputs and outputs by node name. ``batch_axis``: the axis
+    carrying the graph input's batch symbol, None for a tensor without one (static: it does not depend on the
+    sample). ``unjoinable``: tensors whose batch is folded into
     another axis (attention's (seq*batch, dim) or (batch*heads, seq, dim): a dim shape inference could not name)
     or unknown: samples run one at a time cannot be joined into the batch's tensor, because the fold's order
     (batch-major or not) is not recorded. Graphs with a static batch use axis 0 throughout.
@@ -35,6 +36,7 @@ class ReferenceView:
     floats: set[str] = field(default_factory=set)
     batch_axis: dict[str, int | None] = field(default_factory=dict)
     unjoinable: set[str] = field(default_factory=set)
+    node_io: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # node name -> inputs, outputs
 
     def axis(self, name: str) -> int | None:
         return self.batch_axis.get(name, 0)
@@ -48,6 +50,7 @@ def read_reference(reference: Path | None, feed: dict[str, np.ndarray] | None = 
     graph = ReferenceGraph(reference)
     out = ReferenceView()
     out.nodes = [(n.op, list(n.inputs), o) for n in graph.nodes for o in n.outputs]
+    out.node_io = {n.name: (list(n.inputs), list(n.outputs)) for n in graph.nodes}
     out.names = [*graph.inputs, *(o for _, _, o in out.nodes)]
     out.floats = {name for name, t in graph.types.items() if t in FLOAT_TYPES}
     first = graph.shapes.get(graph.inputs[0], ()) if graph.inputs else ()

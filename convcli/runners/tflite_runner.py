@@ -338,6 +338,22 @@ def _name_parts(name: str) -> list[str]:
     return [p for p in name.split(";") if p]
 
 
+# onnx2tf 2.x's flatbuffer_direct names a tensor it keeps channel-last after the ONNX node that reads or writes it:
+# "node_Conv_20_input_nhwc" is input 0 of the ONNX node named node_Conv_20, "..._output_1_nhwc" its output 1.
+_DIRECT_NAME = re.compile(r"^(?P<node>.+)_(?P<side>input|output)(?:_(?P<index>\d+))?_(?P<layout>nwc|nhwc|ndhwc)$")
+
+
+def _direct_alias(part: str, ref: ReferenceView) -> tuple[str, str] | None:
+    """The reference tensor a flatbuffer_direct channel-last tensor name stands for, and its layout."""
+    m = _DIRECT_NAME.match(part)
+    io = ref.node_io.get(m.group("node")) if m else None
+    if m is None or io is None:
+        return None
+    tensors = io[0] if m.group("side") == "input" else io[1]
+    index = int(m.group("index") or 0)
+    return (tensors[index], m.group("layout").upper()) if index < len(tensors) else None
+
+
 def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | None]], ref: ReferenceView,
                   outputs: dict[str, dict[str, Any]], prefer_channel_last: bool,
                   ) -> tuple[dict[int, tuple[str, str]], list[int], dict[str, int]]:
@@ -345,8 +361,10 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
 
     Candidates for a tensor: through onnx2tf's layer map, every ONNX tensor computed by a Keras layer named in
     the tensor's name (a '/'-separated segment of any ';'-joined part); without one, reference names equal to a
-    part (with or without ':0', as tf2onnx writes TensorFlow names). A fused tensor (Conv+Add+Relu in one op)
-    holds the *latest* of its candidates in the reference order; the others are counted as fused. The model's
+    part (with or without ':0', as tf2onnx writes TensorFlow names), and flatbuffer_direct's channel-last names
+    (``<node>_input_nhwc``: that ONNX node's input, in the layout the name states). A fused tensor
+    (Conv+Add+Relu in one op) holds the *latest* of its candidates in the reference order; the others are counted
+    as fused. The model's
     outputs match through the signature (``outputs``: reference output name -> tensor details). Two tensors
     holding one ONNX tensor: the later in execution order wins (it is the value the graph goes on with). The
     shape decides the layout (``tensor_layout``; onnx2tf's static shape where it recorded one); integer tensors
@@ -370,6 +388,7 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
     found: dict[int, tuple[str, str]] = {}
     unmatched: dict[str, int] = {}
     ambiguous: set[int] = set()
+    stated: dict[int, str] = {}  # layouts a tensor's name states (flatbuffer_direct's "_nhwc")
 
     def count(reason: str, n: int = 1) -> None:
         unmatched[reason] = unmatched.get(reason, 0) + n
@@ -385,6 +404,10 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
             named = [o for part in _name_parts(det["name"]) for seg in part.split("/") for o in by_layer.get(seg, [])]
         else:
             named = [c for part in _name_parts(det["name"]) for c in (part, f"{part}:0") if c in rank]
+            aliases = [a for part in _name_parts(det["name"]) if (a := _direct_alias(part, ref)) is not None]
+            named += [name for name, _ in aliases]
+            if aliases:
+                stated[index] = aliases[-1][1]
         named = list(dict.fromkeys(named))
         candidates = [c for c in named if c in rank]
         if not candidates:
@@ -394,8 +417,10 @@ def match_tensors(interpreter: Any, layers: list[tuple[str, str, list[int] | Non
             continue
         best = max(candidates, key=lambda c: rank[c])
         shape = static.get(best) or ref.shapes.get(best)
-        layout = tensor_layout(shape, det["shape"], prefer_channel_last)
-        if layout is not None and layout != tensor_layout(shape, det["shape"], not prefer_channel_last):
+        layout = tensor_layout(shape, det["shape"], stated[index] in CHANNEL_LAST.values()) if index in stated \
+            else tensor_layout(shape, det["shape"], prefer_channel_last)
+        if layout is not None and index not in stated and \
+                layout != tensor_layout(shape, det["shape"], not prefer_channel_last):
             ambiguous.add(index)
         if layout is None and best in static and _perms([int(d) for d in det["shape"]], static[best]):
             layout = PERMUTED  # usable only with the arrangement checked at conversion
