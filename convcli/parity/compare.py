@@ -298,8 +298,9 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
         atol = tol.atol * max(1.0, float(np.abs(r).max()) if r.size else 1.0) if tol.atol_per_range else tol.atol
     floored = ""
     if atol is not None and rounding_floor is not None and tol.rounding_factor:
-        if tol.rounding_factor * rounding_floor > atol:
-            floored = f" ({tol.rounding_factor:g}x the source's own float32 error {rounding_floor:.3g})"
+        raised = tol.rounding_factor * rounding_floor > atol
+        floored = f" ({'' if raised else '>= '}{tol.rounding_factor:g}x the source's own float32 error " \
+                  f"{rounding_floor:.3g})"
         atol = max(atol, tol.rounding_factor * rounding_floor)
     top1, ties = None, 0
     rs, gs = r, g
