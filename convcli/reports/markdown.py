@@ -223,7 +223,9 @@ def tolerance_line(a: ArtifactReport) -> str:
     if not a.parity:
         return ""
     t = a.parity.tolerance
-    parts = [f"atol {t.atol:g} rtol {t.rtol:g}" if t.atol is not None else "no elementwise limit"]
+    scale = " x max(1, |ref|)" if t.atol_per_range else ""
+    floor = f" (>= {t.rounding_factor:g}x the source's own float32 error)" if t.rounding_factor else ""
+    parts = [f"atol {t.atol:g}{scale}{floor} rtol {t.rtol:g}" if t.atol is not None else "no elementwise limit"]
     if t.min_cosine is not None:
         parts.append(f"cosine >= {t.min_cosine:g}")
     if t.min_top1 is not None:
