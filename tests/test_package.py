@@ -264,3 +264,22 @@ def test_an_intermediate_file_for_tensorrt_is_not_packaged(cli: Cli, tmp_path: P
     assert r.exit_code == 0, r.output
     assert "onnx-fp16-for-tensorrt" in r.output and "not a deployable of its own" in r.output
     assert [p.name for p in repo.iterdir() if p.is_dir()] == [model_name("digits_cnn", "onnx-fp32")]
+
+
+def test_max_batch_size_above_a_tensorrt_profile_is_refused_with_what_to_do() -> None:
+    """A TensorRT engine accepts batches only up to its optimization profile's max (fixed at build time); a
+    Triton max_batch_size above it would batch requests the engine rejects. The limit comes from the engine
+    (``_read_tensorrt``, on a machine with TensorRT); the rule itself is plain Python, checked here on the I/O
+    such an engine declares. Writing refuses it, and checking an existing repository reports it."""
+    from convcli.core.errors import InputError
+    from convcli.deploy.triton import ModelIO, Tensor, _compare_io, build_config
+    from convcli.recipes.schema import PackageSpec
+
+    io = ModelIO([Tensor("x", "TYPE_FP32", (-1, 3, 8, 8))], [Tensor("y", "TYPE_FP32", (-1, 10))], batch_max=16)
+    ok = build_config("m_tensorrt_fp16", "tensorrt", io, PackageSpec(triton=Path("repo"), max_batch_size=16), None)
+    assert ok.max_batch_size == 16 and _compare_io("m", ok, io, "model.plan") == []
+    with pytest.raises(InputError, match="max_batch_size is 32 but model.plan accepts batches up to 16") as err:
+        build_config("m_tensorrt_fp16", "tensorrt", io, PackageSpec(triton=Path("repo"), max_batch_size=32), None)
+    assert "--max-batch-size 16" in err.value.message and "profile_max" in err.value.message
+    ok.max_batch_size = 32  # a hand-edited config.pbtxt
+    assert ["accepts batches up to 16" in p for p in _compare_io("m", ok, io, "model.plan")] == [True]

@@ -82,6 +82,17 @@ class Tensor:
 class ModelIO:
     inputs: list[Tensor]
     outputs: list[Tensor]
+    batch_max: int | None = None  # the largest batch the file accepts (a TensorRT engine's profile); None: any
+
+
+def batch_limit_problem(model: str, max_batch_size: int, io: ModelIO, file: str) -> str | None:
+    """A Triton max_batch_size above what the model file accepts: Triton would batch requests the engine
+    rejects (TensorRT builds one optimization profile, whose max batch is fixed at build time)."""
+    if io.batch_max is None or max_batch_size <= io.batch_max:
+        return None
+    return (f"{model}: max_batch_size is {max_batch_size} but {file} accepts batches up to {io.batch_max} (its "
+            f"TensorRT optimization profile); package with --max-batch-size {io.batch_max}, or rebuild the engine "
+            f"with -O TensorrtFromOnnx.profile_max=<batch dim>={max_batch_size}")
 
 
 @dataclass
@@ -168,12 +179,17 @@ def _read_tensorrt(path: Path) -> ModelIO:
     if engine is None:
         raise ConversionError(f"{path.name}: TensorRT could not deserialize the engine")
     io = ModelIO([], [])
+    batch_max: list[int] = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
         tensor = Tensor(name, _type(TRITON_TYPES, dtype, f"{path.name} {name}"),
                         tuple(int(d) for d in engine.get_tensor_shape(name)))
-        (io.inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else io.outputs).append(tensor)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        (io.inputs if is_input else io.outputs).append(tensor)
+        if is_input and tensor.dims and tensor.dims[0] == -1 and engine.num_optimization_profiles > 0:
+            batch_max.append(int(engine.get_tensor_profile_shape(name, 0)[2][0]))  # (min, opt, max) shapes
+    io.batch_max = min(batch_max) if batch_max else None
     return io
 
 
@@ -228,6 +244,9 @@ def build_config(name: str, fmt: str, io: ModelIO, spec: PackageSpec,
     config.backend = backend.backend
     batching = batch_dimension(io)
     config.max_batch_size = spec.max_batch_size if batching else 0
+    problem = batch_limit_problem(name, config.max_batch_size, io, backend.filename)
+    if problem is not None:
+        raise InputError(problem)
     kind, numbers = parse_version_policy(spec.version_policy)
     if kind == "all":
         config.version_policy.all.SetInParent()
@@ -327,6 +346,9 @@ def _compare_io(model: str, config: Any, declared: ModelIO, file: str) -> list[s
     if batched and not batch_dimension(declared):
         problems.append(f"{model}: max_batch_size is {config.max_batch_size} but {file} has no dynamic batch "
                         f"dimension on every input and output")
+    limit = batch_limit_problem(model, config.max_batch_size, declared, file) if batched else None
+    if limit is not None:
+        problems.append(limit)
     for field_name, tensors in (("input", declared.inputs), ("output", declared.outputs)):
         entries = list(getattr(config, field_name))
         if [e.name for e in entries] != [t.name for t in tensors]:
