@@ -92,7 +92,7 @@ def batch_limit_problem(model: str, max_batch_size: int, io: ModelIO, file: str)
         return None
     return (f"{model}: max_batch_size is {max_batch_size} but {file} accepts batches up to {io.batch_max} (its "
             f"TensorRT optimization profile); package with --max-batch-size {io.batch_max}, or rebuild the engine "
-            f"with -O TensorrtFromOnnx.profile_max=<batch dim>={max_batch_size}")
+            f"with -O 'TensorrtFromOnnx.profile_max={{<batch dim name>: {max_batch_size}}}'")
 
 
 @dataclass
