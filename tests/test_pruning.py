@@ -54,3 +54,22 @@ def test_pruning_errors(cli, catalogue, tmp_path: Path) -> None:
               "-o", tmp_path / "o")
     assert res.exit_code == 2
     assert "training set" in " ".join(res.output.split())
+
+
+def test_a_cached_pruned_source_timed_again_times_its_unpruned_model_in_the_same_rounds(cli, catalogue,
+                                                                                       tmp_path: Path) -> None:
+    """A second run that adds a target re-times the cached source (a speedup divides numbers from the same
+    rounds); the pruning summary's after-latency is that same measurement, and its before-latency was timed
+    beside it, never a pair left from the first run."""
+    out = tmp_path / "out"
+    args = [*catalogue["digits_cnn"].args(), "--prune", "structured:0.3", "-o", out, *FAST]
+    first = cli("convert", *args, "--to", "onnx")
+    assert first.exit_code == 0, first.output
+    first_run = first.report(out)["source"]["measured"]["run_id"]
+    second = cli("convert", *args, "--to", "onnx,openvino")
+    assert second.exit_code == 0, second.output
+    src = second.report(out)["source"]
+    p = src["pruning"]
+    assert src["measured"]["run_id"] != first_run  # the source was timed again, beside openvino
+    assert p["after"]["latency_ms"] == src["latency_ms"], (p["after"], src["latency_ms"])
+    assert p["before"]["latency_ms"] is not None

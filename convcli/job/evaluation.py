@@ -271,7 +271,9 @@ class Evaluation:
     def measure_together(self, pending: list[Pending], source_key: str) -> SourceReport:
         """Time the source and every pending artifact in the same rounds, fill in their rows and the source
         report, and cache them. A cached source with nothing pending is reused as is; a cached source with
-        artifacts pending is timed again, since a speedup only divides numbers from the same rounds."""
+        artifacts pending is timed again, since a speedup only divides numbers from the same rounds; so is the
+        unpruned source of a pruned one, so that the pruning summary's before/after pair and the source's
+        latency come from the same rounds (a cached summary kept its own run's pair beside new source numbers)."""
         cached = self.cache.load_json("measure", source_key)
         src_cached = SourceReport.model_validate(cached) if cached is not None else None
         if src_cached is not None and not pending:
@@ -284,7 +286,7 @@ class Evaluation:
         sessions: dict[str, Session] = {"source": self._ref_session}
         sessions.update({p.row.id: p.session for p in pending})
         before: Measurement | None = None
-        if src_cached is None and self.source.original is not None:
+        if self.source.original is not None:
             self._begin("run unpruned source")
             name, session = open_session(self.registry, self.source.original, self.settings.threads)
             before = evaluate_outputs(self._keep(session), name, data.parity, data.labelled, self.settings)
@@ -316,8 +318,11 @@ class Evaluation:
             before.latency = latency.get("unpruned source", {})
         ref.latency = src_latency
         if src_cached is not None:
-            report = src_cached.model_copy(update=dict(latency_ms=_headline(src_latency), measured=stamp,
-                                                       latency_by_batch={str(b): s for b, s in src_latency.items()}))
+            update: dict[str, Any] = dict(latency_ms=_headline(src_latency), measured=stamp,
+                                          latency_by_batch={str(b): s for b, s in src_latency.items()})
+            if before is not None:
+                update["pruning"] = self.pruning_summary(ref, artifact, before)
+            report = src_cached.model_copy(update=update)
         else:
             report = self._source_report(ref, artifact, before, stamp)
         self.cache.store_json("measure", source_key, report.model_dump(mode="json"))
