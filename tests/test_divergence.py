@@ -298,3 +298,40 @@ def test_a_whole_scale_mismatch_whose_consumers_agree_is_not_the_divergence(tmp_
     assert contradicted(ref, "a", chain) and contradicted(ref, "c", chain)
     drift = {"a": err("a", 0.99), "c": err("c", 1e-3)}  # the Concat drifts (fp32 winograd) but carries no whole-scale
     assert contradicted(ref, "a", drift)  # error: the branch's 0.99 never reached it
+
+
+def _branches(scale: float, length: int = 4, altered: int = 2) -> onnx.ModelProto:
+    """Two parallel chains of Muls (a1.., b1..) with their nodes interleaved in the graph, summed at the end.
+    ``scale`` is the factor of a<altered>: 2.0 in the reference, something else in the altered copy."""
+    from onnx import TensorProto, helper
+
+    nodes, inits = [], []
+    for i in range(1, length + 1):
+        for branch, factor in (("a", scale if i == altered else 2.0), ("b", 3.0)):
+            inits.append(numpy_helper.from_array(np.array(factor, np.float32), f"k_{branch}{i}"))
+            prev = "x" if i == 1 else f"{branch}{i - 1}"
+            nodes.append(helper.make_node("Mul", [prev, f"k_{branch}{i}"], [f"{branch}{i}"], name=f"mul_{branch}{i}"))
+    nodes.append(helper.make_node("Add", [f"a{length}", f"b{length}"], ["y"], name="sum"))
+    graph = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_bisection_follows_the_drifting_tensors_lineage_not_the_graph_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two interleaved chains of 8, a3 altered, 3 tensors per round. The first round compares a1, b3, b6 and the
+    sum y: the b chain agrees and y drifts. Cutting the graph order at b6, the last agreeing tensor, left a7..y
+    and named a6. Following y's lineage less what the agreeing tensors clear (a1, b1..b6) names a3. (Every
+    altered position of chains of 4, 6 and 8 was checked this way; the old cut got a2..a5 of 8 wrong.)"""
+    monkeypatch.setattr(divergence_mod, "MAX_PER_ROUND", 3)
+    onnx.save(_branches(2.0, 8, 3), str(tmp_path / "reference.onnx"))
+    onnx.save(_branches(2.5, 8, 3), str(tmp_path / "altered.onnx"))
+    inputs = [parse_input_spec("x:2x4:float32")]
+    source = Artifact("onnx", tmp_path / "reference.onnx", inputs, output_names=["y"])
+    artifact = Artifact("onnx", tmp_path / "altered.onnx", inputs, output_names=["y"])
+    feed = {"x": np.random.default_rng(0).random((2, 4), dtype=np.float32) + 0.5}
+    d = locate(LocateRequest(default_registry(), source, artifact, tmp_path / "reference.onnx", feed, [0, 1], 2,
+                             "fp32", 30.0))
+    assert d.status == "found" and d.first is not None, d.message
+    assert (d.first.tensor, d.first.node) == ("a3", "mul_a3"), d.message
+    assert d.rounds >= 2

@@ -9,8 +9,10 @@ topological order, and the first one whose error exceeds the intermediate tolera
 Intermediate tolerance: a tensor diverges when ``max_abs_err / scale > rel`` or ``cosine < min_cosine``, with
 ``scale = max |reference|`` of that tensor (errors are relative to each tensor's own magnitude, so a layer with
 activations of 1000 and one with 0.01 are judged alike). ``INTERMEDIATE_TOLERANCES`` holds the values per
-precision. On graphs with more than ``MAX_PER_ROUND`` tensors a spread-out subset is compared first and the
-window before the first drifting one is narrowed round by round (bisection), within a time budget.
+precision. On graphs with more than ``MAX_PER_ROUND`` tensors a spread-out subset is compared first, and the
+first drifting one's ancestors, less those cleared by an agreeing tensor computed from them, are narrowed round
+by round (bisection along its lineage, so an agreeing parallel branch never hides the origin), within a time
+budget.
 """
 
 from __future__ import annotations
@@ -222,11 +224,10 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
     errors: dict[str, TensorError] = {}
     ref_vals: dict[str, np.ndarray] = {}
     unmatched: dict[str, int] = {}
-    lo, hi = 0, len(order)
+    window = list(order)
     rounds = 0
     exhausted = False
     while True:
-        window = order[lo:hi]
         if len(window) <= MAX_PER_ROUND:
             pick = window
         else:
@@ -243,8 +244,19 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
                      None)
         if len(window) <= MAX_PER_ROUND or first is None:
             break
-        before = [t for t in pick if t in errors and index[t] < index[first]]
-        lo, hi = (index[before[-1]] + 1 if before else lo), index[first] + 1
+        # A tensor drifts because of what it is computed from: the next window is the first drifting tensor and
+        # its ancestors, less every tensor seen agreeing and what that one is computed from. Cutting the
+        # topological order at the last agreeing tensor instead let a parallel branch's agreeing tensor hide the
+        # real origin (issue-12 review).
+        cleared: set[str] = set()
+        for t in pick:
+            if t in errors and not errors[t].diverged and t not in cleared:
+                cleared |= {t} | ancestors(graph, t, index)
+        lineage = ancestors(graph, first, index) | {first}
+        narrowed = [t for t in window if t in lineage and t not in cleared]
+        if len(narrowed) >= len(window):  # nothing seen agreeing in the lineage: no narrower window to try
+            break
+        window = narrowed
         if time.monotonic() - start > req.budget_s:
             exhausted = True
             break
@@ -295,9 +307,25 @@ def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any]
                + (f"{first_err.cosine:.6f}" if first_err.cosine is not None else "n/a (all-zero reference)")
                + f"; {in_text}{repro_failed}{skipped}")
     if exhausted:
-        message += f"; time budget ({req.budget_s:g} s) spent: narrowed to tensors {lo}-{hi} of {len(order)}"
+        message += (f"; time budget ({req.budget_s:g} s) spent: narrowed to {len(window)} of {len(order)} tensors "
+                    f"({window[0]} .. {window[-1]})")
     return Divergence(status="found", message=message, first=first_err, inputs=inputs, path=compared,
                       ranked=ranked, files=files, seconds=_since(start), **base)
+
+
+def ancestors(graph: ReferenceGraph, tensor: str, index: dict[str, int]) -> set[str]:
+    """Every tensor of ``index`` that ``tensor`` is computed from, directly or through any other tensor (integer
+    shape tensors included), itself excluded."""
+    seen: set[str] = set()
+    stack = list(graph.producer[tensor].inputs) if tensor in graph.producer else []
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in graph.producer:
+            stack.extend(graph.producer[t].inputs)
+    return {t for t in seen if t in index}
 
 
 def contradicted(graph: ReferenceGraph, tensor: str, errors: dict[str, TensorError],
