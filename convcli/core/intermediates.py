@@ -109,7 +109,15 @@ class ReferenceGraph:
     order), which node produced each tensor, shapes and element types after shape inference, and module scopes.
 
     Runners use it to learn the names to map to (``tensor_names``) and, for PyTorch, which ONNX tensor each module
-    produced (``module_outputs``)."""
+    produced (``module_outputs``). ``ReferenceGraph.read`` reuses the last few graphs read: localization asks for
+    the same reference once per side per round, and shape inference on a large graph takes seconds."""
+
+    @staticmethod
+    def read(path: Path) -> ReferenceGraph:
+        """The graph at ``path``, parsed once per file version (path, size, modification time)."""
+        p = Path(path).resolve()
+        st = p.stat()
+        return _read_reference_graph(p, st.st_size, st.st_mtime_ns)
 
     def __init__(self, path: Path) -> None:
         from convcli.core.lazy import require
@@ -195,3 +203,9 @@ def _source_line(meta: dict[str, str]) -> str | None:
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
             best = f"{m.group(1)}:{m.group(2)}: {code}".rstrip(": ")
     return best
+
+
+@functools.lru_cache(maxsize=4)
+def _read_reference_graph(path: Path, size: int, mtime_ns: int) -> ReferenceGraph:
+    """``ReferenceGraph.read``'s cache: size and mtime are part of the key, so a rewritten file is read again."""
+    return ReferenceGraph(path)

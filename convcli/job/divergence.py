@@ -71,7 +71,7 @@ class ReferenceExport:
         if (artifact is not None and artifact.format == "onnx" and artifact.precision == "fp32"
                 and artifact.path is not None and self.source.format in TORCH_FORMATS):
             with contextlib.suppress(Exception):
-                if ReferenceGraph(artifact.path).module_outputs():
+                if ReferenceGraph.read(artifact.path).module_outputs():
                     return artifact.path
         if self._path is not None:
             return self._path

@@ -217,7 +217,7 @@ def _since(start: float) -> float:
 
 
 def _locate(req: LocateRequest, tol: IntermediateTolerance, base: dict[str, Any], start: float) -> Divergence:
-    graph = ReferenceGraph(req.reference)
+    graph = ReferenceGraph.read(req.reference)
     order = graph.tensor_names()
     index = {t: i for i, t in enumerate(order)}
     notes: dict[str, str] = {}
@@ -407,7 +407,7 @@ def write_repro(req: LocateRequest, graph: ReferenceGraph, first: TensorError, r
     outputs = [o for o in node.outputs if o]
     source = req.reference
     if req.artifact.format == "onnx" and req.artifact.path is not None:
-        art = ReferenceGraph(req.artifact.path)
+        art = ReferenceGraph.read(req.artifact.path)
         if all(i in art.producer or i in art.inputs for i in inputs) and all(o in art.producer for o in outputs):
             source = req.artifact.path
     req.repro_dir.mkdir(parents=True, exist_ok=True)

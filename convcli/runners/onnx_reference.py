@@ -47,7 +47,7 @@ def read_reference(reference: Path | None, feed: dict[str, np.ndarray] | None = 
     dims take the feed's sizes in ``shapes`` (the batch symbol 1: the runners run one sample at a time)."""
     if reference is None:
         return ReferenceView()
-    graph = ReferenceGraph(reference)
+    graph = ReferenceGraph.read(reference)
     out = ReferenceView()
     out.nodes = [(n.op, list(n.inputs), o) for n in graph.nodes for o in n.outputs]
     out.node_io = {n.name: (list(n.inputs), list(n.outputs)) for n in graph.nodes}

@@ -88,8 +88,8 @@ def onnx_intermediates(path: Path, feed: dict[str, np.ndarray], threads: int, wa
                        reference: Path | None) -> Intermediates:
     """``OnnxRuntimeRunner.intermediates`` for a model file (also used for the reference graph itself)."""
     onnx = require("onnx", "capturing intermediate tensors")
-    graph = ReferenceGraph(path)
-    ref_names = set(ReferenceGraph(reference).tensor_names()) if reference is not None else None
+    graph = ReferenceGraph.read(path)
+    ref_names = set(ReferenceGraph.read(reference).tensor_names()) if reference is not None else None
     want = set(wanted) if wanted is not None else None
     result = Intermediates()
     extra: list[str] = []

@@ -166,7 +166,7 @@ class OpenvinoRunner(Runner):
         assert artifact.path is not None
         ov = require_openvino()
         model = ov.Core().read_model(str(artifact.path))
-        ref_names = ReferenceGraph(reference).tensor_names() if reference is not None else None
+        ref_names = ReferenceGraph.read(reference).tensor_names() if reference is not None else None
         known = set(ref_names) if ref_names is not None else None
         want = set(wanted) if wanted is not None else None
         result = Intermediates()

@@ -59,7 +59,7 @@ class TorchRunner(Runner):
         if artifact.format != "pytorch":  # a ScriptModule refuses hooks; an ExportedProgram's module is flattened
             raise UnavailableError(f"module outputs of a {artifact.format} source cannot be hooked",
                                    hint="the reference ONNX's own values are used instead")
-        graph = ReferenceGraph(reference)
+        graph = ReferenceGraph.read(reference)
         scope_out = graph.module_outputs()
         if not scope_out:
             raise UnavailableError("the reference ONNX records no PyTorch module scopes (not a dynamo export)",
