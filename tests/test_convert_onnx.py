@@ -205,16 +205,10 @@ def test_inception_v3_export_passes_fp32_and_one_altered_filter_still_fails(tmp_
     0.9999999, so only the elementwise limit catches it). About 40 s on two cores."""
     import torch
 
-    from convcli.converters.torch_to_onnx import _export_dynamo, verify_export
+    from convcli.converters.torch_to_onnx import verify_export
     from convcli.core.errors import ConversionError
-    from convcli.core.tensors import parse_input_spec
-    from convcli.sources.torch_sources import example_tensors
 
-    model = _torchvision_model("inception_v3")
-    specs = [parse_input_spec("x:batch=2x3x299x299:float32")]
-    path = tmp_path / "inception_v3.onnx"
-    _export_dynamo(model, tuple(example_tensors(specs)), path, specs, ["logits"], None, False)
-    checks = verify_export(model, path, specs, threads=2, check_dynamic=True)
+    model, path, specs, checks = _exported_torchvision("inception_v3", "x:batch=2x3x299x299:float32", tmp_path)
     assert all(c["passed"] for c in checks.values()), checks
     assert 1e-4 < max(c["max_abs_err"] for c in checks.values()) < 6e-4, checks  # beyond the old fixed 1e-4
 
@@ -227,16 +221,25 @@ def test_inception_v3_export_passes_fp32_and_one_altered_filter_still_fails(tmp_
             weight[row] /= factor
 
 
-def _torchvision_model(name: str) -> Any:
-    """A torchvision classifier as the coverage zoo builds it (random weights, BatchNorm statistics re-estimated)."""
+def _exported_torchvision(name: str, input_spec: str, tmp_path: Path) -> tuple[Any, Path, list[Any], dict[str, Any]]:
+    """A torchvision classifier as the coverage zoo builds it (random weights, BatchNorm statistics re-estimated),
+    exported by dynamo and checked by the export step's own check at the example and a second batch size."""
     import importlib.util
+
+    from convcli.converters.torch_to_onnx import _export_dynamo, verify_export
+    from convcli.core.tensors import parse_input_spec
+    from convcli.sources.torch_sources import example_tensors
 
     spec = importlib.util.spec_from_file_location(
         "convcli_test_torchvision_models", Path(__file__).resolve().parents[1] / "recipes/models/torchvision_models.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.by_name(name)
+    model = module.by_name(name)
+    specs = [parse_input_spec(input_spec)]
+    path = tmp_path / f"{name}.onnx"
+    _export_dynamo(model, tuple(example_tensors(specs)), path, specs, ["logits"], None, False)
+    return model, path, specs, verify_export(model, path, specs, threads=2, check_dynamic=True)
 
 
 @pytest.mark.slow
@@ -250,16 +253,10 @@ def test_resnet101_export_passes_on_the_rounding_floor_and_an_altered_classifier
     the last conv scaled by 1.2 moves the logits less than PyTorch's float32 error does). About 30 s."""
     import torch
 
-    from convcli.converters.torch_to_onnx import _export_dynamo, verify_export
+    from convcli.converters.torch_to_onnx import verify_export
     from convcli.core.errors import ConversionError
-    from convcli.core.tensors import parse_input_spec
-    from convcli.sources.torch_sources import example_tensors
 
-    model = _torchvision_model("resnet101")
-    specs = [parse_input_spec("x:batch=2x3x224x224:float32")]
-    path = tmp_path / "resnet101.onnx"
-    _export_dynamo(model, tuple(example_tensors(specs)), path, specs, ["logits"], None, False)
-    checks = verify_export(model, path, specs, threads=2, check_dynamic=True)
+    model, path, specs, checks = _exported_torchvision("resnet101", "x:batch=2x3x224x224:float32", tmp_path)
     assert all(c["passed"] for c in checks.values()), checks
     floored = [c for c in checks.values() if "rounding_floor" in c]
     assert floored and all(c["max_abs_err"] <= 2 * c["rounding_floor"] for c in floored), checks
