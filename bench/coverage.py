@@ -448,6 +448,9 @@ def cell_text(cell: dict[str, Any] | None) -> str:
     text = cell["status"]
     if cell["status"] == "passed" and cell.get("max_abs_err") is not None:
         text += f" ({cell['max_abs_err']:.0e})"
+    route = re.search(r"\[via (\w+)", cell.get("chain") or "")  # a fallback route: ncnn via ONNX, tflite via direct
+    if route:
+        text += " via " + {"TfliteFromOnnxDirect": "direct"}.get(route.group(1), route.group(1))
     if cell["format"] == "tflite" and cell.get("format_s") is not None:
         text += f", {cell['format_s']:.0f} s"
     return text
@@ -463,7 +466,9 @@ def render(results: list[dict[str, Any]], missing: Sequence[str] = ()) -> str:
     lines = [f"{len(rows)} models, {len({r['family'] for r in rows})} families. A cell: passed (max abs error vs "
              "PyTorch at fp32 tolerances on the inputs below), failed (converted, parity did not hold), error (the "
              "conversion failed) or unavailable (a backend is missing here); the reason for every cell that did not "
-             "pass is listed under the table. TFLite cells add the onnx2tf conversion seconds. *s*: the whole "
+             "pass is listed under the table. *via ONNX* / *via direct*: the file came from the fallback route (ncnn "
+             "from the exported ONNX; TFLite from onnx2tf 2.x flatbuffer_direct after onnx2tf 1.x failed). TFLite "
+             "cells add the onnx2tf conversion seconds. *s*: the whole "
              "`convcli convert` (export, every target, parity).", "",
              "| family | model | input | " + " | ".join(column_label(c) for c in columns) + " | s |",
              "|---|---|---|" + "---|" * (len(columns) + 1)]

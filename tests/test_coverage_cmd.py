@@ -241,3 +241,17 @@ def test_input_column_drops_dimension_names_and_keeps_input_names_when_several()
     assert coverage.input_text("x:batch=2x3x224x224:float32", 1) == "2x3x224x224"
     assert coverage.input_text("input_ids:batch=2xseq=16:int64:0..30522", 2) == "input_ids 2x16"
     assert coverage.input_text("x:1x3x8x8", 1) == "1x3x8x8"
+
+
+def test_a_cell_from_a_fallback_route_says_which() -> None:
+    """A row's chain records a fallback ("[via ...]"); the cell says it, so a TFLite pass by onnx2tf 2.x after
+    onnx2tf 1.x failed is not read as a pass of the TensorFlow path."""
+    direct = {"status": "passed", "max_abs_err": 3e-6, "format": "tflite", "format_s": 30.0,
+              "chain": "pytorch -> OnnxFromPytorch -> SimplifyOnnx -> TfliteFromOnnx [via TfliteFromOnnxDirect: "
+                       "onnx2tf 1.x failed]"}
+    assert coverage.cell_text(direct) == "passed (3e-06) via direct, 30 s"
+    onnx_route = {"status": "passed", "max_abs_err": 1e-6, "format": "ncnn",
+                  "chain": "pytorch -> NcnnFromPytorch [via ONNX: OnnxFromPytorch + pnnx]"}
+    assert coverage.cell_text(onnx_route) == "passed (1e-06) via ONNX"
+    plain = {**direct, "chain": "pytorch -> OnnxFromPytorch -> SimplifyOnnx -> TfliteFromOnnx"}
+    assert coverage.cell_text(plain) == "passed (3e-06), 30 s"
