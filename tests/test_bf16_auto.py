@@ -124,6 +124,12 @@ def test_best_is_the_fastest_passed_row_and_says_why() -> None:
     only = [_row("openvino-fp32", "passed", 0.5), _row("openvino-bf16", "failed", 0.2)]
     best = best_artifact(only, fastest_passed(only))
     assert best is not None and best.id == "openvino-fp32" and best.why == "the only artifact that passed"
+    two_batches = [_row("openvino-fp32", "passed", 0.5), _row("openvino-bf16", "passed", 0.2)]
+    for r in two_batches:
+        assert r.latency_ms is not None
+        r.latency_by_batch = {"1": r.latency_ms, "8": r.latency_ms}
+    best = best_artifact(two_batches, fastest_passed(two_batches))
+    assert best is not None and best.why.endswith("at batch 1 (the first of --batch 1,8)"), best
     untimed = [_row("openvino-fp16", "failed", None), _row("openvino-fp32", "passed", None)]
     best = best_artifact(untimed, fastest_passed(untimed))
     assert best is not None and best.id == "openvino-fp32" and best.why.startswith("latency not measured")

@@ -410,6 +410,9 @@ def best_artifact(rows: list[ArtifactReport], fastest: str | None) -> BestArtifa
     else:
         by_speedup = all(r.speedup_vs_source is not None for r in passed if r.latency_ms is not None)
         ranked = "speedup over the source, each timed in the same rounds as its source" if by_speedup else "p50 latency"
+        if len(row.latency_by_batch) > 1:  # the headline is the first batch size timed; the others are in the rows
+            ranked += f", at batch {next(iter(row.latency_by_batch))} (the first of --batch " \
+                      f"{','.join(row.latency_by_batch)})"
         speed = f"{row.speedup_vs_source:.2f}x the source, " if row.speedup_vs_source is not None else ""
         p50 = f"p50 {row.latency_ms.p50:.3f} ms" if row.latency_ms is not None else ""
         why = f"fastest of {len(passed)} passed artifacts ({speed}{p50}), ranked by {ranked}"
