@@ -162,3 +162,26 @@ def test_layout_candidates_and_sample_images() -> None:
     gray = DataSet({"x": np.zeros((3, 1, 4, 4), np.float32)}, None, "gray")
     arr, origin = sample_images([spec], gray)
     assert arr.shape == SAMPLE_SHAPE and origin == "seeded random (seed 0)" and 0 <= arr.min() < arr.max() < 1
+
+
+def test_channel_last_detection_reads_a_model_whose_weights_live_in_a_data_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over 2 GB the exporter stores every weight in model.onnx.data (and SimplifyOnnx leaves such a model as it
+    is). Reading the graph's 1-D constants must not go looking for that file in the working directory:
+    regnet_y_128gf's TFLite targets failed on "Data of TensorProto ... should be stored in model.onnx.data"."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from convcli.converters.onnx_to_tflite import channel_last_inputs
+
+    bias = numpy_helper.from_array(np.arange(8, dtype=np.float32), "bias")
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+                               helper.make_node("Add", ["t", "bias"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])], [bias])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "model.onnx"),
+              save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)  # not the model's folder
+    assert channel_last_inputs(folder / "model.onnx", [parse_input_spec("x:1x4x4x8:float32")]) == ["x"]

@@ -310,7 +310,10 @@ def channel_last_inputs(path: Path, specs: list[TensorSpec]) -> list[str]:
     perm (0, last, 1, ...), or a Reshape to (N, 1, *spatial) of a one-channel input (tf2onnx's form then)."""
     onnx = require("onnx")
     model = onnx.load(str(path), load_external_data=False)
-    consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) == 1}
+    # Reshape targets only: small, never stored outside the file. A 1-D weight of a model over 2 GB is (its bytes
+    # live in model.onnx.data, which to_array would look for in the working directory: regnet_y_128gf failed so).
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+              if len(i.dims) == 1 and i.data_location != onnx.TensorProto.EXTERNAL}
     found = []
     for s in specs:
         rank = len(s.shape)
