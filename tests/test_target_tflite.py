@@ -185,3 +185,20 @@ def test_channel_last_detection_reads_a_model_whose_weights_live_in_a_data_file(
               save_as_external_data=True, location="model.onnx.data", size_threshold=0)
     monkeypatch.chdir(tmp_path)  # not the model's folder
     assert channel_last_inputs(folder / "model.onnx", [parse_input_spec("x:1x4x4x8:float32")]) == ["x"]
+
+
+def test_fp32_weights_over_the_flatbuffer_limit_fail_before_onnx2tf_in_one_line(
+        cli, catalogue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .tflite is a FlatBuffer (32-bit offsets, 2 GB at most). A model whose float32 weights exceed that fails at
+    once with that reason and what to do, and the direct path is not tried (it writes FlatBuffers too):
+    regnet_y_128gf (2.6 GB) instead failed inside the conversion with "Failed to serialize proto". The limit is
+    lowered here so that the digits CNN crosses it."""
+    from convcli.converters import onnx_to_tflite
+
+    monkeypatch.setattr(onnx_to_tflite, "FLATBUFFER_LIMIT", 1000)
+    out = tmp_path / "out"
+    res = cli("convert", *catalogue["digits_cnn"].args(), "--to", "tflite", "-o", out, "--no-latency", *FAST)
+    assert res.exit_code == 3, res.output
+    (row,) = res.report(out)["artifacts"]
+    assert "over the 2 GB a TFLite FlatBuffer can hold" in row["error"], row["error"]
+    assert "fallback" not in row["error"], row["error"]

@@ -305,6 +305,10 @@ def _max_err(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
 
 
+# FlatBuffers address their buffer with 32-bit offsets: a .tflite file cannot exceed 2 GB.
+FLATBUFFER_LIMIT = 2 * 1024**3
+
+
 def channel_last_inputs(path: Path, specs: list[TensorSpec]) -> list[str]:
     """3-5-D inputs the ONNX graph itself turns channel-first first: every consumer is a Transpose with
     perm (0, last, 1, ...), or a Reshape to (N, 1, *spatial) of a one-channel input (tf2onnx's form then)."""
@@ -546,6 +550,12 @@ class TfliteFromOnnx(Converter):
         """This step's own onnx2tf path, without fallback."""
         opts: Onnx2tfOptions = self.options  # type: ignore[assignment]
         assert artifact.path is not None
+        weights = sum(f.stat().st_size for f in (artifact.files or [artifact.path]) if f.is_file())
+        if opts.precision == "fp32" and weights > FLATBUFFER_LIMIT:  # before onnx2tf: neither path can write it
+            raise ConversionError(f"{self.name}: the model's float32 weights take {weights / 1024**3:.1f} GB, over "
+                                  f"the 2 GB a TFLite FlatBuffer can hold",
+                                  hint="convert to --to tflite:int8 or :fp16 (smaller weights), or use another "
+                                       "target (onnx, openvino, ncnn)")
         int8 = opts.precision == "int8"
         fixed, what = fixed_specs(artifact.inputs)
         kept = [] if opts.keep_nchw else channel_last_inputs(artifact.path, fixed)
