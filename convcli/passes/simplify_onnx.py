@@ -89,7 +89,7 @@ class SimplifyOnnx(Pass):
         onnxslim = require("onnxslim", "simplifying ONNX")
         opts: SimplifyOptions = self.options  # type: ignore[assignment]
         assert artifact.path is not None
-        size = sum(f.stat().st_size for f in artifact.files if f.is_file())
+        size = artifact.size_bytes
         if size >= MAX_SIMPLIFY_BYTES:  # vit_h_14 (2.5 GB): "EncodeError: Failed to serialize proto" inside onnxslim
             skipped = (f"skipped: the model is {size / 1e9:.1f} GB and onnxslim serialises the whole graph as one "
                        "protobuf, which cannot exceed 2 GB; the exported file is used as it is")
